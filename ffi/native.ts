@@ -1,0 +1,287 @@
+/**
+ * The one module that opens Blackrock's C shims (ffi/build/libblackrock.so)
+ * and wraps each symbol in a typed function that checks its inputs first.
+ *
+ * A process that imports this needs `--allow-ffi` for the library's path
+ * (see {@link libraryPath}). Lengths cross as u32: the measured call cost
+ * with u64 arguments is several times higher.
+ *
+ * @module
+ */
+
+/** Size of an XChaCha20-Poly1305 key. */
+export const KEY_BYTES = 32;
+/** Size of an XChaCha20-Poly1305 nonce. */
+export const NONCE_BYTES = 24;
+/** Size of the Poly1305 tag that follows each sealed message. */
+export const TAG_BYTES = 16;
+/** u32 words per packet in a batch descriptor. */
+export const DESCRIPTOR_WORDS = 4;
+
+/** Why one packet of a batch failed, as the shim reports it. */
+export enum PacketStatus {
+  Ok = 0,
+  /** The packet (with its tag) does not fit in the buffer. */
+  BadBounds = 1,
+  /** The key index is past the end of the key array. */
+  BadKey = 2,
+  /** The tag did not verify: forged, corrupt or wrong key. */
+  BadTag = 3,
+}
+
+/** Where the shim library is, resolved from this file. */
+export const libraryPath = new URL("./build/libblackrock.so", import.meta.url)
+  .pathname;
+
+const symbols = {
+  br_init: { parameters: [], result: "i32" },
+  br_seal_batch: {
+    parameters: [
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "buffer",
+      "u32",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  br_open_batch: {
+    parameters: [
+      "buffer",
+      "u32",
+      "buffer",
+      "u32",
+      "buffer",
+      "buffer",
+      "u32",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  br_x25519: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  br_ed25519_pk_to_x25519: { parameters: ["buffer", "buffer"], result: "i32" },
+  br_ed25519_seed_to_x25519: {
+    parameters: ["buffer", "buffer"],
+    result: "i32",
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let library: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+/** Opens the library on first use, so importing this module costs nothing. */
+function native(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
+  if (library === undefined) {
+    try {
+      library = Deno.dlopen(libraryPath, symbols);
+    } catch (error) {
+      throw new Error(
+        `cannot open ${libraryPath} (run \`deno task setup\`): ${error}`,
+      );
+    }
+    if (library.symbols.br_init() !== 0) {
+      throw new Error("libsodium failed to initialize");
+    }
+  }
+  return library.symbols;
+}
+
+/** A batch of packets laid out in one buffer, sealed or opened in place. */
+export interface PacketBatch {
+  /** Holds every packet; each needs TAG_BYTES of room after its message. */
+  buffer: Uint8Array;
+  /** DESCRIPTOR_WORDS words per packet: offset, adLength, messageLength,
+   * keyIndex (see ffi/blackrock.h). */
+  descriptors: Uint32Array;
+  /** NONCE_BYTES per packet. */
+  nonces: Uint8Array;
+  /** KEY_BYTES per key. */
+  keys: Uint8Array;
+  /** How many packets of the descriptor array to process. */
+  count: number;
+  /** One status byte per packet, written by the call. */
+  status: Uint8Array;
+}
+
+function checkBatch(batch: PacketBatch): void {
+  const { buffer, descriptors, nonces, keys, count, status } = batch;
+  if (!Number.isInteger(count) || count < 0) {
+    throw new RangeError(`batch count must be a whole number, got ${count}`);
+  }
+  if (descriptors.length < count * DESCRIPTOR_WORDS) {
+    throw new RangeError(
+      `descriptors hold ${descriptors.length} words, ${count} packets need ${
+        count * DESCRIPTOR_WORDS
+      }`,
+    );
+  }
+  if (nonces.length < count * NONCE_BYTES) {
+    throw new RangeError(
+      `nonces hold ${nonces.length} bytes, ${count} packets need ${
+        count * NONCE_BYTES
+      }`,
+    );
+  }
+  if (keys.length === 0 || keys.length % KEY_BYTES !== 0) {
+    throw new RangeError(
+      `keys must be a non-empty multiple of ${KEY_BYTES} bytes, got ${keys.length}`,
+    );
+  }
+  if (status.length < count) {
+    throw new RangeError(
+      `status holds ${status.length} bytes, ${count} packets need ${count}`,
+    );
+  }
+  if (buffer.length > 0xffffffff) {
+    throw new RangeError(`buffer of ${buffer.length} bytes is over 4 GiB`);
+  }
+}
+
+/**
+ * Seals every packet of the batch in place: the message is encrypted, the
+ * tag written after it. Returns how many packets failed; their status says
+ * why (only bounds and key index can fail when sealing).
+ */
+export function sealBatch(batch: PacketBatch): number {
+  checkBatch(batch);
+  return native().br_seal_batch(
+    batch.buffer,
+    batch.buffer.length,
+    batch.descriptors,
+    batch.count,
+    batch.nonces,
+    batch.keys,
+    batch.keys.length / KEY_BYTES,
+    batch.status,
+  );
+}
+
+/**
+ * Opens every packet of the batch in place. A packet whose tag does not
+ * verify gets PacketStatus.BadTag and its message bytes are left as they
+ * were (libsodium writes no plaintext for a bad tag).
+ */
+export function openBatch(batch: PacketBatch): number {
+  checkBatch(batch);
+  return native().br_open_batch(
+    batch.buffer,
+    batch.buffer.length,
+    batch.descriptors,
+    batch.count,
+    batch.nonces,
+    batch.keys,
+    batch.keys.length / KEY_BYTES,
+    batch.status,
+  );
+}
+
+/** Thrown when a sealed message fails to open: forged, corrupt, wrong key
+ * or truncated. Never carries the plaintext or the key. */
+export class SealError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SealError";
+  }
+}
+
+function checkLength(name: string, value: Uint8Array, expected: number) {
+  if (value.length !== expected) {
+    throw new RangeError(
+      `${name} must be ${expected} bytes, got ${value.length}`,
+    );
+  }
+}
+
+/** Seals one message with associated data; returns ciphertext || tag. */
+export function seal(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  message: Uint8Array,
+  associatedData: Uint8Array = new Uint8Array(0),
+): Uint8Array {
+  checkLength("key", key, KEY_BYTES);
+  checkLength("nonce", nonce, NONCE_BYTES);
+  const adLength = associatedData.length;
+  const buffer = new Uint8Array(adLength + message.length + TAG_BYTES);
+  buffer.set(associatedData, 0);
+  buffer.set(message, adLength);
+  const status = new Uint8Array(1);
+  const failed = sealBatch({
+    buffer,
+    descriptors: new Uint32Array([0, adLength, message.length, 0]),
+    nonces: nonce,
+    keys: key,
+    count: 1,
+    status,
+  });
+  if (failed !== 0) throw new Error(`seal failed with status ${status[0]}`);
+  return buffer.subarray(adLength);
+}
+
+/** Opens ciphertext || tag made by {@link seal}; throws SealError if it
+ * does not verify. */
+export function open(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  sealed: Uint8Array,
+  associatedData: Uint8Array = new Uint8Array(0),
+): Uint8Array {
+  checkLength("key", key, KEY_BYTES);
+  checkLength("nonce", nonce, NONCE_BYTES);
+  if (sealed.length < TAG_BYTES) {
+    throw new SealError(
+      `sealed message of ${sealed.length} bytes is shorter than its ${TAG_BYTES}-byte tag`,
+    );
+  }
+  const adLength = associatedData.length;
+  const messageLength = sealed.length - TAG_BYTES;
+  const buffer = new Uint8Array(adLength + sealed.length);
+  buffer.set(associatedData, 0);
+  buffer.set(sealed, adLength);
+  const status = new Uint8Array(1);
+  openBatch({
+    buffer,
+    descriptors: new Uint32Array([0, adLength, messageLength, 0]),
+    nonces: nonce,
+    keys: key,
+    count: 1,
+    status,
+  });
+  if (status[0] !== PacketStatus.Ok) {
+    throw new SealError("sealed message failed authentication");
+  }
+  return buffer.subarray(adLength, adLength + messageLength);
+}
+
+/** x25519(secret, publicKey). Throws for a low-order public key, which
+ * would give an all-zero shared secret. */
+export function x25519(secret: Uint8Array, publicKey: Uint8Array): Uint8Array {
+  checkLength("x25519 secret", secret, 32);
+  checkLength("x25519 public key", publicKey, 32);
+  const shared = new Uint8Array(32);
+  if (native().br_x25519(shared, secret, publicKey) !== 0) {
+    throw new RangeError("x25519 public key is of low order");
+  }
+  return shared;
+}
+
+/** Maps an ed25519 public key to its x25519 (Montgomery) form. Throws if
+ * the bytes are not a valid ed25519 point. */
+export function ed25519PublicToX25519(edPublicKey: Uint8Array): Uint8Array {
+  checkLength("ed25519 public key", edPublicKey, 32);
+  const out = new Uint8Array(32);
+  if (native().br_ed25519_pk_to_x25519(out, edPublicKey) !== 0) {
+    throw new RangeError("bytes are not a valid ed25519 public key");
+  }
+  return out;
+}
+
+/** Maps an ed25519 secret seed to the matching x25519 secret scalar. */
+export function ed25519SeedToX25519(seed: Uint8Array): Uint8Array {
+  checkLength("ed25519 seed", seed, 32);
+  const out = new Uint8Array(32);
+  native().br_ed25519_seed_to_x25519(out, seed);
+  return out;
+}
