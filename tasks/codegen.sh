@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generates TypeScript for every schema under proto/ into proto/gen/,
 # mirroring the folder layout. Generated code is not committed; setup runs
-# this, and it is rerun only for schemas newer than their output.
+# this. When any schema is newer than its output, all are compiled again,
+# since a schema's output can depend on the schemas it imports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 compiler=node_modules/.bin/capnp-es
@@ -14,6 +15,8 @@ while IFS= read -r schema; do
   fi
 done < <(find proto -name '*.capnp' -not -path 'proto/gen/*' | sort)
 [ ${#changed[@]} -eq 0 ] && exit 0
+mapfile -t changed < <(cd proto && find . -name '*.capnp' -not -path './gen/*' |
+  sed 's|^\./||' | sort)
 mkdir -p proto/gen
 # Compiling from inside proto/ keeps the output paths relative to it, and
 # -I. lets schemas import each other as "/sandstorm/grain.capnp".
