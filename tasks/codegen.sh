@@ -14,6 +14,18 @@ while IFS= read -r schema; do
     changed+=("$rel")
   fi
 done < <(find proto -name '*.capnp' -not -path 'proto/gen/*' | sort)
+# The standard RPC schemas come from libcapnp-dev, never copied into proto/:
+# the RPC engine (services/rpc/) reads rpc.capnp and persistent.capnp.
+for schema in rpc persistent; do
+  installed="/usr/include/capnp/$schema.capnp"
+  out="proto/gen/capnp/$schema.ts"
+  if [ ! -f "$out" ] || [ "$installed" -nt "$out" ]; then
+    mkdir -p proto/gen
+    "$compiler" -I/usr/include --src-prefix=/usr/include -ots:proto/gen \
+      "$installed" >/dev/null
+    echo "codegen: $installed"
+  fi
+done
 [ ${#changed[@]} -eq 0 ] && exit 0
 mapfile -t changed < <(cd proto && find . -name '*.capnp' -not -path './gen/*' |
   sed 's|^\./||' | sort)
