@@ -34,4 +34,12 @@ mkdir -p proto/gen
 # -I. lets schemas import each other as "/sandstorm/grain.capnp".
 (cd proto && "../$compiler" -I. --src-prefix= -ots:gen "${changed[@]}" \
   >/dev/null)
+# capnp-es names imported schemas "./x.js" (or ".//a/x.js" for an absolute
+# import); Deno resolves only real file names, so point them at the .ts
+# files, relative to the importing file.
+find proto/gen -name '*.ts' -not -path 'proto/gen/capnp/*' -print0 |
+  xargs -0 perl -pi -MFile::Spec -MFile::Basename -e \
+    's{from "\.//([^"]+)\.js"}{"from \"" . (File::Spec->abs2rel("proto/gen/$1",
+      dirname($ARGV)) =~ s{^(?!\.)}{./}r) . ".ts\""}ge;
+     s{from "(\.\.?/[^"]+)\.js"}{from "$1.ts"}g'
 echo "codegen: ${changed[*]}"
