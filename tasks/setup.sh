@@ -12,7 +12,7 @@ DENO_VERSION=2.9.6
 # Debian packages. The servers are here because the tests start real ones.
 packages=(
   build-essential pkg-config capnproto libcapnp-dev libsodium-dev xz-utils
-  openssl iproute2 e2fsprogs fuse3 bubblewrap
+  openssl iproute2 nftables e2fsprogs fuse3 bubblewrap
   ceph-mon ceph-osd radosgw
   slapd ldap-utils
   nginx-light
