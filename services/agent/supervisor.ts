@@ -1,0 +1,234 @@
+/**
+ * Keeps a set of role processes running: starts each, restarts one that
+ * exits with a growing delay (so a role that crashes at once does not spin
+ * the machine), and stops those no longer wanted.
+ *
+ * @module
+ */
+import type { Logger } from "../runtime/log.ts";
+
+/** One process the supervisor keeps alive. */
+export interface ProcessSpec {
+  /** Unique among the supervised processes, e.g. the role name. */
+  name: string;
+  /** Program and arguments (see roleCommand in runtime/permissions.ts). */
+  command: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+/** Restart delays: `initialMs`, doubling per crash up to `maxMs`, back to
+ * `initialMs` once a process has stayed up for `stableMs`. */
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+  stableMs: number;
+}
+
+/** What the supervisor knows about one process. */
+export interface ProcessStatus {
+  name: string;
+  /** "running", "restarting" (waiting out the backoff) or "stopping". */
+  state: "running" | "restarting" | "stopping";
+  pid: number | undefined;
+  /** Times the process was started again after it exited. */
+  restarts: number;
+  /** The delay before the next restart, as it stands now. */
+  nextDelayMs: number;
+  lastExit: { code: number; signal: string | null } | undefined;
+}
+
+interface Supervised {
+  spec: ProcessSpec;
+  child: Deno.ChildProcess | undefined;
+  startedMs: number;
+  restarts: number;
+  delayMs: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  stopping: boolean;
+  exited: Promise<void>;
+  lastExit: { code: number; signal: string | null } | undefined;
+}
+
+const DEFAULT_BACKOFF: BackoffOptions = {
+  initialMs: 200,
+  maxMs: 30_000,
+  stableMs: 10_000,
+};
+
+function sameSpec(a: ProcessSpec, b: ProcessSpec): boolean {
+  return JSON.stringify([a.command, a.env ?? {}, a.cwd ?? null]) ===
+    JSON.stringify([b.command, b.env ?? {}, b.cwd ?? null]);
+}
+
+/**
+ * Supervises processes.
+ *
+ * @example
+ * ```ts
+ * import { Logger } from "../runtime/log.ts";
+ * import { Supervisor } from "./supervisor.ts";
+ * const supervisor = new Supervisor(new Logger({ role: "agent" }));
+ * await supervisor.apply([{ name: "sleeper", command: ["sleep", "30"] }]);
+ * await supervisor.stopAll();
+ * ```
+ */
+export class Supervisor {
+  readonly #log: Logger;
+  readonly #backoff: BackoffOptions;
+  readonly #stopGraceMs: number;
+  readonly #output: "inherit" | "null";
+  readonly #processes = new Map<string, Supervised>();
+
+  constructor(
+    log: Logger,
+    options: {
+      backoff?: Partial<BackoffOptions>;
+      stopGraceMs?: number;
+      /** Where the processes' stdout and stderr go. */
+      output?: "inherit" | "null";
+    } = {},
+  ) {
+    this.#log = log;
+    this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#stopGraceMs = options.stopGraceMs ?? 10_000;
+    this.#output = options.output ?? "inherit";
+  }
+
+  /**
+   * Makes the supervised set equal `specs`: starts new ones, stops those
+   * left out, restarts those whose command changed, leaves the rest alone.
+   */
+  async apply(specs: ProcessSpec[]): Promise<void> {
+    const wanted = new Map<string, ProcessSpec>();
+    for (const spec of specs) {
+      if (wanted.has(spec.name)) {
+        throw new RangeError(`process ${spec.name} is listed twice`);
+      }
+      if (spec.command.length === 0) {
+        throw new RangeError(`process ${spec.name} has an empty command`);
+      }
+      wanted.set(spec.name, spec);
+    }
+    const stopping: Promise<void>[] = [];
+    for (const [name, supervised] of this.#processes) {
+      const spec = wanted.get(name);
+      if (spec === undefined || !sameSpec(spec, supervised.spec)) {
+        stopping.push(this.#stop(supervised));
+      }
+    }
+    await Promise.all(stopping);
+    for (const spec of wanted.values()) {
+      if (!this.#processes.has(spec.name)) this.#start(spec);
+    }
+  }
+
+  /** The state of every supervised process, by name. */
+  status(): ProcessStatus[] {
+    return [...this.#processes.values()].map((s) => ({
+      name: s.spec.name,
+      state: s.stopping
+        ? "stopping"
+        : s.child === undefined
+        ? "restarting"
+        : "running",
+      pid: s.child?.pid,
+      restarts: s.restarts,
+      nextDelayMs: s.delayMs,
+      lastExit: s.lastExit,
+    }));
+  }
+
+  /** Stops every process (SIGTERM, then SIGKILL after the grace time). */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.#processes.values()].map((s) => this.#stop(s)));
+  }
+
+  #start(spec: ProcessSpec, previous?: Supervised): void {
+    const supervised: Supervised = previous ?? {
+      spec,
+      child: undefined,
+      startedMs: 0,
+      restarts: 0,
+      delayMs: this.#backoff.initialMs,
+      timer: undefined,
+      stopping: false,
+      exited: Promise.resolve(),
+      lastExit: undefined,
+    };
+    this.#processes.set(spec.name, supervised);
+    supervised.timer = undefined;
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(spec.command[0], {
+        args: spec.command.slice(1),
+        env: spec.env,
+        cwd: spec.cwd,
+        stdin: "null",
+        stdout: this.#output,
+        stderr: this.#output,
+      }).spawn();
+    } catch (error) {
+      this.#log.error("role-spawn-failed", { process: spec.name, error });
+      this.#scheduleRestart(supervised);
+      return;
+    }
+    supervised.child = child;
+    supervised.startedMs = performance.now();
+    this.#log.info("role-started", { process: spec.name, pid: child.pid });
+    supervised.exited = child.status.then((status) => {
+      supervised.child = undefined;
+      supervised.lastExit = { code: status.code, signal: status.signal };
+      if (supervised.stopping) return;
+      this.#log.warn("role-exited", {
+        process: spec.name,
+        pid: child.pid,
+        code: status.code,
+        signal: status.signal,
+      });
+      if (performance.now() - supervised.startedMs >= this.#backoff.stableMs) {
+        supervised.delayMs = this.#backoff.initialMs;
+      }
+      this.#scheduleRestart(supervised);
+    });
+  }
+
+  #scheduleRestart(supervised: Supervised): void {
+    const delayMs = supervised.delayMs;
+    supervised.delayMs = Math.min(this.#backoff.maxMs, delayMs * 2);
+    supervised.timer = setTimeout(() => {
+      if (supervised.stopping) return;
+      supervised.restarts++;
+      this.#start(supervised.spec, supervised);
+    }, delayMs);
+  }
+
+  async #stop(supervised: Supervised): Promise<void> {
+    supervised.stopping = true;
+    clearTimeout(supervised.timer);
+    const child = supervised.child;
+    if (child !== undefined) {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // It exited between the check and the signal.
+      }
+      const killTimer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }, this.#stopGraceMs);
+      await supervised.exited;
+      clearTimeout(killTimer);
+      this.#log.info("role-stopped", {
+        process: supervised.spec.name,
+        pid: child.pid,
+      });
+    }
+    if (this.#processes.get(supervised.spec.name) === supervised) {
+      this.#processes.delete(supervised.spec.name);
+    }
+  }
+}

@@ -1,0 +1,271 @@
+// The machine agent with real role processes: each test role is a Deno
+// process started under the permissions the catalogue grants, killed with
+// real signals, and restarted by the agent's supervisor.
+import assert from "node:assert/strict";
+import { Logger } from "../../services/runtime/log.ts";
+import {
+  Agent,
+  AgentRequestError,
+  type RoleCatalogue,
+  type RoleDefinition,
+} from "../../services/agent/agent.ts";
+
+const quiet = new Logger({ role: "agent", level: "error" });
+const testRole = new URL("./testdata/test_role.ts", import.meta.url).pathname;
+
+interface Started {
+  pid: number;
+  color: string;
+  vatKeyReadable: boolean;
+  forbiddenReadable: boolean;
+}
+
+function catalogue(forbiddenFile: string): RoleCatalogue {
+  const definition: RoleDefinition = {
+    entry: testRole,
+    permissions: (c) => ({ read: [c.roleDir], write: [c.roleDir] }),
+    overrides: (c) => [
+      `roleDir=${c.roleDir}`,
+      `vatKeyFile=${c.vatKeyFile}`,
+      `directoryFile=${c.directoryFile}`,
+      `forbiddenFile=${forbiddenFile}`,
+    ],
+  };
+  return { worker: definition, storage: definition };
+}
+
+async function waitUntil<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+/** Every start a role recorded in its folder, oldest first by pid order. */
+async function starts(stateDir: string, role: string): Promise<Started[]> {
+  const out: Started[] = [];
+  try {
+    for await (const entry of Deno.readDir(`${stateDir}/roles/${role}`)) {
+      if (!entry.name.startsWith("started-")) continue;
+      const path = `${stateDir}/roles/${role}/${entry.name}`;
+      try {
+        out.push(JSON.parse(await Deno.readTextFile(path)));
+      } catch {
+        // Being written right now; the next poll reads it.
+      }
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    Deno.kill(pid, "SIGCONT");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function withMachine(
+  body: (
+    context: { stateDir: string; boot(): Promise<Agent>; forbidden: string },
+  ) => Promise<void>,
+): Promise<void> {
+  const root = await Deno.makeTempDir({ prefix: "agent-test-" });
+  const forbidden = `${root}/secret.txt`;
+  await Deno.writeTextFile(forbidden, "not for roles");
+  const agents: Agent[] = [];
+  try {
+    await body({
+      stateDir: `${root}/machine`,
+      forbidden,
+      boot: async () => {
+        const agent = await Agent.start({
+          machine: "m1",
+          stateDir: `${root}/machine`,
+          address: "127.0.0.1",
+          catalogue: catalogue(forbidden),
+          log: quiet,
+          backoff: { initialMs: 50, maxMs: 400, stableMs: 60_000 },
+          stopGraceMs: 5_000,
+          roleOutput: "null",
+        });
+        agents.push(agent);
+        return agent;
+      },
+    });
+  } finally {
+    for (const agent of agents) await agent.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+Deno.test("runs an assigned role as its own process with scoped permissions", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const agent = await boot();
+    await agent.assign({ version: 1, roles: [{ role: "worker" }] });
+    const [started] = await waitUntil("the role starts", async () => {
+      const s = await starts(stateDir, "worker");
+      return s.length > 0 ? s : undefined;
+    });
+    assert.notEqual(started.pid, Deno.pid);
+    assert.equal(started.vatKeyReadable, true);
+    assert.equal(started.forbiddenReadable, false, "read outside its folder");
+    const report = agent.report();
+    assert.equal(report.roles[0].role, "worker");
+    assert.match(report.roles[0].vatId, /^[0-9a-f]{64}$/);
+    assert.notEqual(report.roles[0].vatId, report.vatId, "a vat per process");
+    assert.ok(report.specs.cores > 0 && report.specs.diskBytes > 0);
+  });
+});
+
+Deno.test("restarts a role killed with SIGKILL", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const agent = await boot();
+    await agent.assign({ version: 1, roles: [{ role: "worker" }] });
+    const first = await waitUntil("the role starts", async () => {
+      return (await starts(stateDir, "worker"))[0];
+    });
+    Deno.kill(first.pid, "SIGKILL");
+    const second = await waitUntil("the role starts again", async () => {
+      return (await starts(stateDir, "worker")).find((s) =>
+        s.pid !== first.pid
+      );
+    });
+    assert.ok(alive(second.pid));
+    const status = agent.report().roles[0].process!;
+    assert.equal(status.restarts, 1);
+    assert.equal(status.lastExit?.signal, "SIGKILL");
+  });
+});
+
+Deno.test("backs off more and more when a role keeps crashing", async () => {
+  await withMachine(async ({ boot }) => {
+    const agent = await boot();
+    await agent.assign({
+      version: 1,
+      roles: [{ role: "worker", settings: { crash: "true" } }],
+    });
+    const status = await waitUntil("three restarts", () => {
+      const s = agent.report().roles[0].process!;
+      return s.restarts >= 3 ? s : undefined;
+    });
+    assert.equal(status.lastExit?.code, 3);
+    // 50, 100, 200, 400 (the cap), 400...
+    assert.ok(status.nextDelayMs >= 400, `next delay ${status.nextDelayMs}`);
+    assert.ok(status.nextDelayMs <= 400);
+  });
+});
+
+Deno.test("after a reboot without a master, runs its last assignment", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const before = await boot();
+    await before.assign({
+      version: 4,
+      roles: [{ role: "worker", settings: { color: "blue" } }],
+    });
+    await waitUntil("the role starts", async () => {
+      return (await starts(stateDir, "worker"))[0];
+    });
+    const vatId = before.report().vatId;
+    const roleVatId = before.report().roles[0].vatId;
+    await before.stop();
+    for (const s of await starts(stateDir, "worker")) {
+      await waitUntil("the old role exits", () => alive(s.pid) ? undefined : 1);
+    }
+
+    const after = await boot();
+    const restarted = await waitUntil(
+      "the role starts after boot",
+      async () => {
+        const all = await starts(stateDir, "worker");
+        return all.find((s) => alive(s.pid));
+      },
+    );
+    assert.equal(restarted.color, "blue");
+    assert.equal(after.report().assignmentVersion, 4);
+    assert.equal(after.report().vatId, vatId, "same machine, same vat key");
+    assert.equal(after.report().roles[0].vatId, roleVatId);
+  });
+});
+
+Deno.test("a wiped machine boots as a new vat", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const first = (await boot()).report().vatId;
+    assert.equal((await boot()).report().vatId, first);
+    await Agent.wipe(stateDir);
+    const fresh = await boot();
+    assert.notEqual(fresh.report().vatId, first);
+    assert.equal(fresh.report().assignmentVersion, 0);
+  });
+});
+
+Deno.test("a role left out of a new assignment is stopped", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const agent = await boot();
+    await agent.assign({
+      version: 1,
+      roles: [{ role: "worker" }, { role: "storage" }],
+    });
+    const worker = await waitUntil("worker starts", async () => {
+      return (await starts(stateDir, "worker"))[0];
+    });
+    await waitUntil("storage starts", async () => {
+      return (await starts(stateDir, "storage"))[0];
+    });
+    await agent.assign({ version: 2, roles: [{ role: "storage" }] });
+    assert.equal(alive(worker.pid), false);
+    assert.deepEqual(agent.report().roles.map((r) => r.role), ["storage"]);
+  });
+});
+
+Deno.test("stale or malformed assignments and directories are refused", async () => {
+  await withMachine(async ({ boot }) => {
+    const agent = await boot();
+    await agent.assign({ version: 5, roles: [] });
+    await assert.rejects(
+      agent.assign({ version: 4, roles: [] }),
+      (e: Error) => e instanceof AgentRequestError && /older/.test(e.message),
+    );
+    await assert.rejects(
+      agent.assign({ version: 6, roles: [{ role: "root-shell" }] }),
+      /roles\.0\.role/,
+    );
+    await assert.rejects(
+      agent.assign({
+        version: 6,
+        roles: [{ role: "worker", settings: { "../x": "1" } }],
+      }),
+      AgentRequestError,
+    );
+    await assert.rejects(agent.assign("nonsense"), AgentRequestError);
+    const directory = {
+      version: 2,
+      vats: [{
+        role: "coordinator",
+        machine: "m2",
+        vatId: "ab".repeat(32),
+        address: "10.77.0.2:7000",
+        zones: ["coordinators"],
+      }],
+    };
+    assert.equal(await agent.setDirectory(directory), true);
+    assert.equal(await agent.setDirectory({ ...directory, version: 1 }), false);
+    await assert.rejects(
+      agent.setDirectory({ version: 3, vats: [{ vatId: "zz" }] }),
+      AgentRequestError,
+    );
+    const kept = JSON.parse(await Deno.readTextFile(agent.directoryFile));
+    assert.equal(kept.version, 2);
+  });
+});
