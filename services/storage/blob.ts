@@ -1,0 +1,221 @@
+/**
+ * Blobs: immutable bytes of any size, uploaded and downloaded as streams.
+ *
+ * Layout on disk: chunks `ID/c/INDEX` of `chunkBytes` plaintext each (the
+ * last one shorter), then `ID/head` with the total size, written last with
+ * `If-None-Match` as the commit point: a blob whose head is missing was
+ * never finished and does not exist. The head fixes the number and length
+ * of the chunks, so a missing or cut chunk is detected.
+ *
+ * Memory stays bounded: at most `concurrency` chunks are in flight in each
+ * direction.
+ *
+ * @module
+ */
+import {
+  contentKeyOf,
+  CorruptObjectError,
+  objectIdOf,
+  openPiece,
+  sealPiece,
+} from "./object_crypto.ts";
+import { ObjectNotFoundError, WrongKindError } from "./errors.ts";
+import type { StoreContext } from "./context.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+interface BlobHead {
+  sizeBytes: number;
+  chunkBytes: number;
+}
+
+/** Cuts a stream of byte arrays into pieces of exactly `size` bytes (the
+ * last one may be shorter), copying only when a piece spans inputs. */
+export async function* rechunk(
+  source: AsyncIterable<Uint8Array>,
+  size: number,
+): AsyncGenerator<Uint8Array> {
+  let buffer = new Uint8Array(size);
+  let filled = 0;
+  for await (const input of source) {
+    let offset = 0;
+    while (offset < input.length) {
+      if (filled === 0 && input.length - offset >= size) {
+        yield input.slice(offset, offset + size);
+        offset += size;
+        continue;
+      }
+      const take = Math.min(size - filled, input.length - offset);
+      buffer.set(input.subarray(offset, offset + take), filled);
+      filled += take;
+      offset += take;
+      if (filled === size) {
+        yield buffer;
+        buffer = new Uint8Array(size);
+        filled = 0;
+      }
+    }
+  }
+  if (filled > 0) yield buffer.subarray(0, filled);
+}
+
+/**
+ * Uploads a new blob owned by `parentId`. The blob exists only once this
+ * resolves; if it throws (quota, disk, cancelled source) every piece
+ * written so far is deleted and nothing is left charged.
+ */
+export async function uploadBlob(
+  context: StoreContext,
+  parentId: string,
+  key: Uint8Array,
+  source: AsyncIterable<Uint8Array>,
+): Promise<{ sizeBytes: number }> {
+  const id = objectIdOf(key);
+  const contentKey = contentKeyOf(key);
+  const { disk, ownership } = context;
+  const chunkBytes = context.blobChunkBytes;
+  await ownership.addChild(parentId, id, "blob");
+
+  let sizeBytes = 0;
+  let index = 0;
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+  try {
+    for await (const chunk of rechunk(source, chunkBytes)) {
+      if (failure !== undefined) break;
+      const chunkIndex = index++;
+      sizeBytes += chunk.length;
+      // Each chunk pays for itself before it is written, so an upload
+      // stops at the quota and never past it.
+      const write = ownership.charge(id, chunk.length, async () => {
+        const piece = `c/${chunkIndex}`;
+        const sealed = sealPiece(
+          contentKey,
+          { objectId: id, piece },
+          chunk,
+          context.sealMode,
+        );
+        await disk.put(`${id}/${piece}`, sealed);
+      }).catch((error) => {
+        failure ??= error;
+      });
+      const tracked = write.finally(() => inFlight.delete(tracked));
+      inFlight.add(tracked);
+      if (inFlight.size >= context.concurrency) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
+    const head: BlobHead = { sizeBytes, chunkBytes };
+    await disk.put(
+      `${id}/head`,
+      sealPiece(
+        contentKey,
+        { objectId: id, piece: "head" },
+        encoder.encode(JSON.stringify(head)),
+        context.sealMode,
+      ),
+      { ifNoneMatch: true },
+    );
+  } catch (error) {
+    await Promise.allSettled(inFlight);
+    await ownership.remove(id);
+    throw error;
+  }
+  return { sizeBytes };
+}
+
+async function readHead(
+  context: StoreContext,
+  id: string,
+  contentKey: Uint8Array,
+): Promise<BlobHead> {
+  const stored = await context.disk.get(`${id}/head`);
+  if (stored === null) {
+    const meta = await context.ownership.read(id);
+    if (meta === null) throw new ObjectNotFoundError(id, "blob");
+    if (meta.record.kind !== "blob") {
+      throw new WrongKindError(id, "blob", meta.record.kind);
+    }
+    throw new CorruptObjectError(`head of blob ${id} is missing`);
+  }
+  const plain = openPiece(
+    contentKey,
+    { objectId: id, piece: "head" },
+    stored.data,
+    context.sealMode,
+  );
+  return JSON.parse(decoder.decode(plain)) as BlobHead;
+}
+
+/** The size of a blob in bytes. */
+export async function blobSize(
+  context: StoreContext,
+  key: Uint8Array,
+): Promise<number> {
+  const id = objectIdOf(key);
+  return (await readHead(context, id, contentKeyOf(key))).sizeBytes;
+}
+
+/**
+ * Streams the blob's bytes from `offsetBytes`, at most `lengthBytes` of
+ * them. Every chunk is authenticated before any of its bytes is yielded.
+ */
+export async function* readBlob(
+  context: StoreContext,
+  key: Uint8Array,
+  offsetBytes = 0,
+  lengthBytes = Number.MAX_SAFE_INTEGER,
+): AsyncGenerator<Uint8Array> {
+  const id = objectIdOf(key);
+  const contentKey = contentKeyOf(key);
+  const head = await readHead(context, id, contentKey);
+  const end = Math.min(head.sizeBytes, offsetBytes + lengthBytes);
+  if (offsetBytes >= end) return;
+  const first = Math.floor(offsetBytes / head.chunkBytes);
+  const last = Math.floor((end - 1) / head.chunkBytes);
+
+  const fetchChunk = async (index: number): Promise<Uint8Array> => {
+    const piece = `c/${index}`;
+    const stored = await context.disk.get(`${id}/${piece}`);
+    if (stored === null) {
+      throw new CorruptObjectError(`chunk ${index} of blob ${id} is missing`);
+    }
+    const plain = openPiece(
+      contentKey,
+      { objectId: id, piece },
+      stored.data,
+      context.sealMode,
+    );
+    const expected = Math.min(
+      head.chunkBytes,
+      head.sizeBytes - index * head.chunkBytes,
+    );
+    if (plain.length !== expected) {
+      throw new CorruptObjectError(
+        `chunk ${index} of blob ${id} has ${plain.length} bytes, ` +
+          `expected ${expected}`,
+      );
+    }
+    return plain;
+  };
+
+  const ahead: Promise<Uint8Array>[] = [];
+  let next = first;
+  const fill = () => {
+    while (ahead.length < context.concurrency && next <= last) {
+      const pending = fetchChunk(next++);
+      // Errors surface when the chunk's turn comes; avoid unhandled noise.
+      pending.catch(() => {});
+      ahead.push(pending);
+    }
+  };
+  fill();
+  for (let index = first; index <= last; index++) {
+    const plain = await ahead.shift()!;
+    fill();
+    const start = index === first ? offsetBytes - index * head.chunkBytes : 0;
+    const stop = index === last ? end - index * head.chunkBytes : plain.length;
+    yield plain.subarray(start, stop);
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * Keys, names and sealing of stored objects.
+ *
+ * Each object has a random 256-bit key held only by the SturdyRefs that name
+ * it. From it, two one-way hashes with distinct domains give the object's
+ * ID (its name on disk, which a disk may see) and its content key (which it
+ * must not). Every piece written to the disk is sealed with
+ * XChaCha20-Poly1305 (libsodium, through ffi/native.ts) under a random
+ * nonce, with associated data naming the object, the piece, its index and
+ * version, so a piece moved to another name or object fails to open.
+ *
+ * @module
+ */
+import { sha256 } from "@noble/hashes/sha2.js";
+import {
+  NONCE_BYTES,
+  open,
+  seal,
+  SealError,
+  TAG_BYTES,
+} from "../../ffi/native.ts";
+
+/** Size of an object key. */
+export const OBJECT_KEY_BYTES = 32;
+
+/** The first byte of every sealed piece: the format version. */
+const FORMAT = 1;
+
+/** Bytes a sealed piece adds to its plaintext. */
+export const SEAL_OVERHEAD_BYTES = 1 + NONCE_BYTES + TAG_BYTES;
+
+const encoder = new TextEncoder();
+
+/** Raised when stored bytes fail to authenticate or are missing: tampered,
+ * truncated, swapped or lost. The bytes are never returned as data. */
+export class CorruptObjectError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "CorruptObjectError";
+  }
+}
+
+function domainHash(domain: string, value: Uint8Array): Uint8Array {
+  const label = encoder.encode(`blackrock/storage/${domain}/v1\0`);
+  const input = new Uint8Array(label.length + value.length);
+  input.set(label, 0);
+  input.set(value, label.length);
+  return sha256(input);
+}
+
+/** Lowercase hex of bytes. */
+export function toHex(bytes: Uint8Array): string {
+  let out = "";
+  for (const byte of bytes) out += byte.toString(16).padStart(2, "0");
+  return out;
+}
+
+/** A fresh random object key. */
+export function newObjectKey(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(OBJECT_KEY_BYTES));
+}
+
+/** The object's ID: its name on disk, derived one way from its key. */
+export function objectIdOf(key: Uint8Array): string {
+  if (key.length !== OBJECT_KEY_BYTES) {
+    throw new RangeError(
+      `object key must be ${OBJECT_KEY_BYTES} bytes, got ${key.length}`,
+    );
+  }
+  return toHex(domainHash("object-id", key));
+}
+
+/** The ID of the named root (a user's root), which has no key. */
+export function rootIdOf(name: string): string {
+  return toHex(domainHash("root-id", encoder.encode(name)));
+}
+
+/** The key that seals an object's contents; not derivable from its ID. */
+export function contentKeyOf(key: Uint8Array): Uint8Array {
+  return domainHash("content-key", key);
+}
+
+/** The key that seals the ownership records of a disk, from its secret. */
+export function metadataKeyOf(diskSecret: Uint8Array): Uint8Array {
+  return domainHash("metadata-key", diskSecret);
+}
+
+/** A short random version tag for piece names (16 hex digits). */
+export function newVersionTag(): string {
+  return toHex(crypto.getRandomValues(new Uint8Array(8)));
+}
+
+/**
+ * Seals and opens pieces. `copy` replaces the cipher by a copy and exists
+ * only so the benchmark can measure what sealing costs; a storage node
+ * always uses `aead`.
+ */
+export type SealMode = "aead" | "copy";
+
+/** What a sealed piece is bound to. */
+export interface PieceBinding {
+  objectId: string;
+  /** The piece's name within the object, such as `head` or `c/12.ab..`. */
+  piece: string;
+}
+
+function associatedData(binding: PieceBinding): Uint8Array {
+  return encoder.encode(`${binding.objectId}\0${binding.piece}`);
+}
+
+/** Seals plaintext for the piece; the result is what goes on disk. */
+export function sealPiece(
+  key: Uint8Array,
+  binding: PieceBinding,
+  plaintext: Uint8Array,
+  mode: SealMode = "aead",
+): Uint8Array {
+  const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+  const out = new Uint8Array(SEAL_OVERHEAD_BYTES + plaintext.length);
+  out[0] = FORMAT;
+  out.set(nonce, 1);
+  if (mode === "copy") {
+    out.set(plaintext, 1 + NONCE_BYTES);
+  } else {
+    out.set(
+      seal(key, nonce, plaintext, associatedData(binding)),
+      1 + NONCE_BYTES,
+    );
+  }
+  return out;
+}
+
+/** Opens a piece sealed by {@link sealPiece}; throws CorruptObjectError if
+ * it was changed, cut short, or belongs to another piece or object. */
+export function openPiece(
+  key: Uint8Array,
+  binding: PieceBinding,
+  stored: Uint8Array,
+  mode: SealMode = "aead",
+): Uint8Array {
+  if (stored.length < SEAL_OVERHEAD_BYTES || stored[0] !== FORMAT) {
+    throw new CorruptObjectError(
+      `piece ${binding.piece} of object ${binding.objectId} is truncated or ` +
+        `of unknown format (${stored.length} bytes)`,
+    );
+  }
+  const nonce = stored.subarray(1, 1 + NONCE_BYTES);
+  const sealed = stored.subarray(1 + NONCE_BYTES);
+  if (mode === "copy") return sealed.slice(0, sealed.length - TAG_BYTES);
+  try {
+    return open(key, nonce, sealed, associatedData(binding));
+  } catch (error) {
+    if (!(error instanceof SealError)) throw error;
+    throw new CorruptObjectError(
+      `piece ${binding.piece} of object ${binding.objectId} failed ` +
+        "authentication: tampered, truncated or swapped",
+    );
+  }
+}
