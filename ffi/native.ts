@@ -67,6 +67,17 @@ const symbols = {
     parameters: ["buffer", "buffer"],
     result: "i32",
   },
+  br_udp_open: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
+  br_udp_local_port: { parameters: ["i32"], result: "i32" },
+  br_udp_close: { parameters: ["i32"], result: "i32" },
+  br_udp_send_batch: {
+    parameters: ["i32", "buffer", "u32", "buffer", "u32"],
+    result: "i32",
+  },
+  br_udp_recv_batch: {
+    parameters: ["i32", "buffer", "u32", "u32", "u32", "buffer", "i32"],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let library: Deno.DynamicLibrary<typeof symbols> | undefined;
@@ -284,4 +295,149 @@ export function ed25519SeedToX25519(seed: Uint8Array): Uint8Array {
   const out = new Uint8Array(32);
   native().br_ed25519_seed_to_x25519(out, seed);
   return out;
+}
+
+/** u32 words per packet in a {@link udpSendBatch} descriptor: offset,
+ * length, IPv4 address (host order), port. */
+export const UDP_SEND_WORDS = 4;
+/** u32 words per packet in {@link udpReceiveBatch} metadata: length, source
+ * IPv4 address (host order), source port, truncated (1 when the datagram
+ * was longer than its slot). */
+export const UDP_RECV_WORDS = 4;
+/** Most packets one {@link udpReceiveBatch} call returns. */
+export const UDP_RECV_MAX = 64;
+
+/** A system call of the UDP shim failed; `errno` is the Linux error number. */
+export class UdpError extends Error {
+  constructor(message: string, readonly errno: number) {
+    super(message);
+    this.name = "UdpError";
+  }
+}
+
+function checkU32(name: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+    throw new RangeError(`${name} must be a u32, got ${value}`);
+  }
+}
+
+/**
+ * Opens a UDP socket bound to the IPv4 address `ip` (host order, e.g.
+ * 0x7f000001) and `port` (0 picks one), asking for the given kernel buffer
+ * sizes (0 keeps the default). Returns the file descriptor.
+ */
+export function udpOpen(
+  ip: number,
+  port: number,
+  receiveBufferBytes = 0,
+  sendBufferBytes = 0,
+): number {
+  checkU32("ip", ip);
+  checkU32("receiveBufferBytes", receiveBufferBytes);
+  checkU32("sendBufferBytes", sendBufferBytes);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`port must be 0..65535, got ${port}`);
+  }
+  const fd = native().br_udp_open(
+    ip,
+    port,
+    receiveBufferBytes,
+    sendBufferBytes,
+  );
+  if (fd < 0) {
+    throw new UdpError(
+      `cannot bind UDP ${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${
+        ip & 255
+      }:${port}: errno ${-fd}`,
+      -fd,
+    );
+  }
+  return fd;
+}
+
+/** The local port a UDP socket from {@link udpOpen} is bound to. */
+export function udpLocalPort(fd: number): number {
+  const port = native().br_udp_local_port(fd);
+  if (port < 0) throw new UdpError(`getsockname failed: errno ${-port}`, -port);
+  return port;
+}
+
+/** Closes a socket from {@link udpOpen}. */
+export function udpClose(fd: number): void {
+  const status = native().br_udp_close(fd);
+  if (status < 0) throw new UdpError(`close failed: errno ${-status}`, -status);
+}
+
+/**
+ * Sends `count` packets from `buffer` with one sendmmsg call per 64,
+ * never blocking. `descriptors` holds UDP_SEND_WORDS words per packet.
+ * Returns how many went out (a prefix); the rest met a full socket buffer.
+ */
+export function udpSendBatch(
+  fd: number,
+  buffer: Uint8Array,
+  descriptors: Uint32Array,
+  count: number,
+): number {
+  checkU32("count", count);
+  if (descriptors.length < count * UDP_SEND_WORDS) {
+    throw new RangeError(
+      `descriptors hold ${descriptors.length} words, ${count} packets need ${
+        count * UDP_SEND_WORDS
+      }`,
+    );
+  }
+  const sent = native().br_udp_send_batch(
+    fd,
+    buffer,
+    buffer.length,
+    descriptors,
+    count,
+  );
+  if (sent < 0) throw new UdpError(`sendmmsg failed: errno ${-sent}`, -sent);
+  return sent;
+}
+
+/**
+ * Waits up to `timeoutMs` for datagrams and receives up to `maxCount`
+ * (at most UDP_RECV_MAX) into consecutive slots of `slotBytes` in
+ * `buffer`; `meta` gets UDP_RECV_WORDS words per packet. Returns the count
+ * (0 on timeout). Blocks the calling thread: call it from a Worker.
+ */
+export function udpReceiveBatch(
+  fd: number,
+  buffer: Uint8Array,
+  slotBytes: number,
+  maxCount: number,
+  meta: Uint32Array,
+  timeoutMs: number,
+): number {
+  checkU32("slotBytes", slotBytes);
+  checkU32("maxCount", maxCount);
+  const count = Math.min(maxCount, UDP_RECV_MAX);
+  if (slotBytes * count > buffer.length) {
+    throw new RangeError(
+      `buffer of ${buffer.length} bytes is smaller than ${count} slots of ${slotBytes}`,
+    );
+  }
+  if (meta.length < count * UDP_RECV_WORDS) {
+    throw new RangeError(
+      `meta holds ${meta.length} words, ${count} packets need ${
+        count * UDP_RECV_WORDS
+      }`,
+    );
+  }
+  const received = native().br_udp_recv_batch(
+    fd,
+    buffer,
+    buffer.length,
+    slotBytes,
+    count,
+    meta,
+    Math.max(-1, Math.min(timeoutMs | 0, 0x7fffffff)),
+  );
+  if (received < 0) {
+    throw new UdpError(`recvmmsg failed: errno ${-received}`, -received);
+  }
+  return received;
 }

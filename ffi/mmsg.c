@@ -1,0 +1,151 @@
+/* Batched UDP over IPv4: sendmmsg/recvmmsg for the sealed UDP network.
+ *
+ * Deno's own datagram API costs one call per packet; these move a whole
+ * batch per FFI call. Sends never block (MSG_DONTWAIT): a full socket
+ * buffer means the rest of the batch is reported unsent, and the caller's
+ * retransmission recovers it. Receives wait in poll() with a timeout so a
+ * worker thread can block here and still notice it should stop. */
+#include "blackrock.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Largest batch handled by one system call; longer batches loop. Words per
+ * packet in the send descriptors and receive metadata (see below). */
+enum { BR_MMSG_CHUNK = 64, BR_UDP_SEND_WORDS = 4, BR_UDP_RECV_WORDS = 4 };
+
+static void set_buffer(int fd, int opt, int force_opt, uint32_t bytes) {
+    if (bytes == 0) return;
+    int value = (int)(bytes > 0x7fffffff ? 0x7fffffff : bytes);
+    /* The forced variant passes net.core.*mem_max when privileged; the
+     * plain one is the fallback. Neither failing is fatal: the default
+     * buffer only means more drops under bursts. */
+    if (setsockopt(fd, SOL_SOCKET, force_opt, &value, sizeof value) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, opt, &value, sizeof value);
+}
+
+int32_t br_udp_open(uint32_t ip, uint32_t port, uint32_t rcvbuf, uint32_t sndbuf) {
+    if (port > 65535) return -EINVAL;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    set_buffer(fd, SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf);
+    set_buffer(fd, SO_SNDBUF, SO_SNDBUFFORCE, sndbuf);
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(ip);
+    addr.sin_port = htons((uint16_t)port);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+/* The port the socket is bound to (useful after binding port 0). */
+int32_t br_udp_local_port(int32_t fd) {
+    struct sockaddr_in addr;
+    socklen_t len = sizeof addr;
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0) return -errno;
+    return ntohs(addr.sin_port);
+}
+
+int32_t br_udp_close(int32_t fd) { return close(fd) == 0 ? 0 : -errno; }
+
+/* Sends count packets; desc holds BR_UDP_SEND_WORDS words per packet
+ * (offset, length, IPv4 address in host order, port). Returns how many were
+ * sent (a prefix of the batch), or -errno when not even the first went out
+ * for a reason other than a full buffer. */
+int32_t br_udp_send_batch(int32_t fd, const uint8_t *buf, uint32_t buf_len, const uint32_t *desc,
+                          uint32_t count) {
+    if (buf == NULL || desc == NULL) return -EINVAL;
+    struct mmsghdr msgs[BR_MMSG_CHUNK];
+    struct iovec iovs[BR_MMSG_CHUNK];
+    struct sockaddr_in addrs[BR_MMSG_CHUNK];
+    uint32_t sent = 0;
+    while (sent < count) {
+        uint32_t n = count - sent < BR_MMSG_CHUNK ? count - sent : BR_MMSG_CHUNK;
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t *d = desc + (uint64_t)(sent + i) * BR_UDP_SEND_WORDS;
+            if ((uint64_t)d[0] + d[1] > buf_len || d[3] > 65535)
+                return sent ? (int32_t)sent : -EINVAL;
+            memset(&addrs[i], 0, sizeof addrs[i]);
+            addrs[i].sin_family = AF_INET;
+            addrs[i].sin_addr.s_addr = htonl(d[2]);
+            addrs[i].sin_port = htons((uint16_t)d[3]);
+            iovs[i].iov_base = (void *)(buf + d[0]);
+            iovs[i].iov_len = d[1];
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_name = &addrs[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof addrs[i];
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = sendmmsg(fd, msgs, n, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            /* A full buffer or an unreachable host (ICMP error queued on the
+             * socket) skips nothing for good: report what went out. */
+            if (errno == EAGAIN || errno == EWOULDBLOCK || sent > 0) return (int32_t)sent;
+            if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH) {
+                sent++; /* That packet is lost; the rest may still go. */
+                continue;
+            }
+            return -errno;
+        }
+        sent += (uint32_t)r;
+        if ((uint32_t)r < n) return (int32_t)sent;
+    }
+    return (int32_t)sent;
+}
+
+/* Waits up to timeout_ms for packets, then receives up to max_count of them
+ * into slots of slot_bytes each. meta gets BR_UDP_RECV_WORDS words per
+ * packet: length, source IPv4 (host order), source port, and 1 when the
+ * datagram was longer than its slot (truncated). Returns the count, 0 on
+ * timeout, or -errno. */
+int32_t br_udp_recv_batch(int32_t fd, uint8_t *buf, uint32_t buf_len, uint32_t slot_bytes,
+                          uint32_t max_count, uint32_t *meta, int32_t timeout_ms) {
+    if (buf == NULL || meta == NULL || slot_bytes == 0) return -EINVAL;
+    if (max_count > BR_MMSG_CHUNK) max_count = BR_MMSG_CHUNK;
+    if ((uint64_t)slot_bytes * max_count > buf_len) return -EINVAL;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN, .revents = 0};
+    int ready = poll(&pfd, 1, timeout_ms);
+    if (ready < 0) return errno == EINTR ? 0 : -errno;
+    if (ready == 0) return 0;
+    struct mmsghdr msgs[BR_MMSG_CHUNK];
+    struct iovec iovs[BR_MMSG_CHUNK];
+    struct sockaddr_in addrs[BR_MMSG_CHUNK];
+    memset(msgs, 0, sizeof(struct mmsghdr) * max_count);
+    for (uint32_t i = 0; i < max_count; i++) {
+        iovs[i].iov_base = buf + (uint64_t)i * slot_bytes;
+        iovs[i].iov_len = slot_bytes;
+        msgs[i].msg_hdr.msg_name = &addrs[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof addrs[i];
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int r = recvmmsg(fd, msgs, max_count, MSG_DONTWAIT, NULL);
+    if (r < 0) {
+        /* Queued ICMP errors surface here as ECONNREFUSED; they carry no
+         * packet, so the caller just tries again. */
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+            errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)
+            return 0;
+        return -errno;
+    }
+    for (int i = 0; i < r; i++) {
+        uint32_t *m = meta + (uint64_t)i * BR_UDP_RECV_WORDS;
+        m[0] = msgs[i].msg_len;
+        m[1] = ntohl(addrs[i].sin_addr.s_addr);
+        m[2] = ntohs(addrs[i].sin_port);
+        m[3] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? 1 : 0;
+    }
+    return r;
+}
