@@ -31,4 +31,9 @@ int32_t br_x25519(uint8_t *shared, const uint8_t *secret, const uint8_t *public_
 int32_t br_ed25519_pk_to_x25519(uint8_t *x_pk, const uint8_t *ed_pk);
 int32_t br_ed25519_seed_to_x25519(uint8_t *x_sk, const uint8_t *ed_seed);
 
+/* Frees the space behind whole 4 KiB blocks of the file at path (a NUL-
+ * terminated string); the file keeps its size and the range reads as zeros.
+ * Returns 0 or -errno. */
+int32_t br_punch_blocks(const char *path, uint32_t first_block, uint32_t block_count);
+
 #endif

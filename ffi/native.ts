@@ -67,6 +67,7 @@ const symbols = {
     parameters: ["buffer", "buffer"],
     result: "i32",
   },
+  br_punch_blocks: { parameters: ["buffer", "u32", "u32"], result: "i32" },
   br_udp_open: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
   br_udp_local_port: { parameters: ["i32"], result: "i32" },
   br_udp_close: { parameters: ["i32"], result: "i32" },
@@ -295,6 +296,36 @@ export function ed25519SeedToX25519(seed: Uint8Array): Uint8Array {
   const out = new Uint8Array(32);
   native().br_ed25519_seed_to_x25519(out, seed);
   return out;
+}
+
+/**
+ * Frees the space behind `blockCount` whole 4 KiB blocks of the file at
+ * `path`, starting at `firstBlock`; the file keeps its size and the range
+ * reads as zeros afterwards (fallocate with PUNCH_HOLE). Throws an Error
+ * naming the errno when the filesystem refuses.
+ */
+export function punchBlocks(
+  path: string,
+  firstBlock: number,
+  blockCount: number,
+): void {
+  for (
+    const [name, value] of [["firstBlock", firstBlock], [
+      "blockCount",
+      blockCount,
+    ]] as const
+  ) {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+      throw new RangeError(`${name} must be a u32, got ${value}`);
+    }
+  }
+  const pathBytes = new TextEncoder().encode(path + "\0");
+  const status = native().br_punch_blocks(pathBytes, firstBlock, blockCount);
+  if (status !== 0) {
+    throw new Error(
+      `punching ${blockCount} blocks at block ${firstBlock} of ${path} failed: errno ${-status}`,
+    );
+  }
 }
 
 /** u32 words per packet in a {@link udpSendBatch} descriptor: offset,

@@ -1,0 +1,263 @@
+/**
+ * Gives the worker an ext4 filesystem for a grain from its NBD export.
+ *
+ * Where the kernel has an NBD driver (/dev/nbd0 exists) the kernel client
+ * attaches the export with `nbd-client`; that is the production path.
+ * Where it has none, `nbdfuse` exposes the export as a file and a loop
+ * device turns the file into a block device. Either way a device that
+ * holds no ext4 filesystem yet gets a fresh one, and it is mounted.
+ *
+ * Detaching unmounts (which makes the kernel flush), takes the device
+ * down, and sends one more NBD FLUSH on its own connection, so that when
+ * detach resolves everything the grain wrote is durable in the store.
+ *
+ * @module
+ */
+import type { Logger } from "../runtime/log.ts";
+import { NbdClient } from "./nbd_client.ts";
+
+/** Options of {@link attach}. */
+export interface AttachOptions {
+  socketPath: string;
+  exportName: string;
+  /** Where the filesystem is mounted; created if missing. */
+  mountPoint: string;
+  /** A private directory for the FUSE mount of the nbdfuse path. */
+  workDirectory: string;
+  /** Make a filesystem when the device holds none (a new volume). */
+  formatIfNew: boolean;
+  /** Extra `mount -o` options. */
+  mountOptions?: string[];
+  /** Force a path instead of choosing by /dev/nbd0. */
+  method?: "kernel-nbd" | "nbdfuse-loop";
+  log: Logger;
+}
+
+/** A mounted grain filesystem. */
+export interface Attachment {
+  method: "kernel-nbd" | "nbdfuse-loop";
+  /** The block device holding the filesystem. */
+  device: string;
+  mountPoint: string;
+  /** Whether {@link attach} made the filesystem. */
+  formatted: boolean;
+  /** Unmounts, takes the device down and flushes the export. */
+  detach(): Promise<void>;
+}
+
+/** A step of attaching or detaching failed; names the command. */
+export class AttachError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "AttachError";
+  }
+}
+
+async function command(program: string, args: string[]): Promise<string> {
+  let output;
+  try {
+    output = await new Deno.Command(program, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (error) {
+    throw new AttachError(`cannot run ${program}: ${error}`);
+  }
+  const text = new TextDecoder();
+  if (output.code !== 0) {
+    throw new AttachError(
+      `${program} ${args.join(" ")} exited with ${output.code}: ${
+        text.decode(output.stderr).trim()
+      }`,
+    );
+  }
+  return text.decode(output.stdout);
+}
+
+/** Whether this kernel has the NBD driver loaded. */
+export async function kernelHasNbd(): Promise<boolean> {
+  return await Deno.stat("/dev/nbd0").then(() => true, () => false);
+}
+
+/** Whether `device` starts with an ext2/3/4 superblock (magic 0xEF53 at
+ * byte 1080, little-endian). */
+export async function hasExtFilesystem(device: string): Promise<boolean> {
+  const file = await Deno.open(device, { read: true });
+  try {
+    const bytes = new Uint8Array(2);
+    await file.seek(1080, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < 2) {
+      const got = await file.read(bytes.subarray(done));
+      if (got === null) return false;
+      done += got;
+    }
+    return bytes[0] === 0x53 && bytes[1] === 0xef;
+  } finally {
+    file.close();
+  }
+}
+
+/** Sends FLUSH to an export on a connection of its own. */
+export async function flushExport(
+  socketPath: string,
+  exportName: string,
+): Promise<void> {
+  const client = await NbdClient.connect(socketPath, exportName);
+  try {
+    const reply = await client.flush();
+    if (reply.errno !== 0) {
+      throw new AttachError(`flush of ${exportName} failed: ${reply.errno}`);
+    }
+  } finally {
+    await client.disconnect().catch(() => {});
+  }
+}
+
+/** See the module documentation. */
+export async function attach(options: AttachOptions): Promise<Attachment> {
+  const method = options.method ??
+    (await kernelHasNbd() ? "kernel-nbd" : "nbdfuse-loop");
+  const { device, release } = method === "kernel-nbd"
+    ? await connectKernel(options)
+    : await connectFuseLoop(options);
+  try {
+    let formatted = false;
+    if (options.formatIfNew && !(await hasExtFilesystem(device))) {
+      await command("mkfs.ext4", ["-q", "-F", device]);
+      formatted = true;
+      options.log.info("filesystem-created", { device });
+    }
+    await Deno.mkdir(options.mountPoint, { recursive: true });
+    const mountArgs = ["-t", "ext4"];
+    if (options.mountOptions?.length) {
+      mountArgs.push("-o", options.mountOptions.join(","));
+    }
+    await command("mount", [...mountArgs, device, options.mountPoint]);
+    options.log.info("grain-attached", {
+      method,
+      device,
+      mountPoint: options.mountPoint,
+    });
+    let detached = false;
+    return {
+      method,
+      device,
+      mountPoint: options.mountPoint,
+      formatted,
+      detach: async () => {
+        if (detached) return;
+        detached = true;
+        await command("umount", [options.mountPoint]);
+        await release();
+        await flushExport(options.socketPath, options.exportName);
+        options.log.info("grain-detached", { device });
+      },
+    };
+  } catch (error) {
+    await release().catch(() => {});
+    throw error;
+  }
+}
+
+interface Connected {
+  device: string;
+  release(): Promise<void>;
+}
+
+/** Attaches the export to a free /dev/nbdN with nbd-client. */
+async function connectKernel(options: AttachOptions): Promise<Connected> {
+  for (let index = 0; index < 256; index++) {
+    const device = `/dev/nbd${index}`;
+    if (!(await Deno.stat(device).then(() => true, () => false))) break;
+    const busy = await Deno.stat(`/sys/block/nbd${index}/pid`)
+      .then(() => true, () => false);
+    if (busy) continue;
+    await command("nbd-client", [
+      "-unix",
+      options.socketPath,
+      "-N",
+      options.exportName,
+      device,
+    ]);
+    return {
+      device,
+      release: async () => {
+        await command("nbd-client", ["-d", device]);
+      },
+    };
+  }
+  throw new AttachError("no free /dev/nbd device");
+}
+
+/** Exposes the export as a file with nbdfuse and puts a loop device on
+ * it. The loop device uses direct I/O so that the page cache holds the
+ * data once (above the filesystem), not twice. */
+async function connectFuseLoop(options: AttachOptions): Promise<Connected> {
+  const fuseDirectory = `${options.workDirectory}/nbdfuse`;
+  const pidFile = `${options.workDirectory}/nbdfuse.pid`;
+  await Deno.mkdir(fuseDirectory, { recursive: true });
+  await Deno.remove(pidFile).catch(() => {});
+  const uri = `nbd+unix:///${options.exportName}?socket=${options.socketPath}`;
+  const fuse = new Deno.Command("nbdfuse", {
+    args: ["-P", pidFile, `${fuseDirectory}/disk`, uri],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let fuseExited = false;
+  const fuseStatus = fuse.output().then((output) => {
+    fuseExited = true;
+    return output;
+  });
+  const unmountFuse = async () => {
+    if (!fuseExited) {
+      await command("fusermount3", ["-u", fuseDirectory]).catch(() => {
+        if (!fuseExited) fuse.kill("SIGTERM");
+      });
+    }
+    await fuseStatus;
+  };
+  const deadline = Date.now() + 20_000;
+  while (!(await Deno.stat(pidFile).then(() => true, () => false))) {
+    if (fuseExited || Date.now() > deadline) {
+      if (!fuseExited) fuse.kill("SIGKILL");
+      const output = await fuseStatus;
+      throw new AttachError(
+        `nbdfuse did not come up: ${
+          new TextDecoder().decode(output.stderr).trim()
+        }`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  let device: string;
+  try {
+    device = (await command("losetup", [
+      "--find",
+      "--show",
+      "--direct-io=on",
+      `${fuseDirectory}/disk`,
+    ])).trim();
+  } catch (error) {
+    await unmountFuse();
+    throw error;
+  }
+  return {
+    device,
+    release: async () => {
+      await command("losetup", ["-d", device]);
+      // losetup -d returns before the loop device lets go of the file.
+      for (let i = 0; i < 100; i++) {
+        const backing = await Deno.readTextFile(
+          `/sys/block/${device.slice(5)}/loop/backing_file`,
+        ).catch(() => "");
+        if (backing === "") break;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await unmountFuse();
+    },
+  };
+}
