@@ -93,6 +93,8 @@ export interface RoleDefinition {
   /** `path=value` overrides that tell the role where its things are. */
   overrides(context: RoleContext): string[];
   env?: Record<string, string>;
+  /** The UDP port the role's vat listens on, reported to the master. */
+  port?: number;
 }
 
 /** Every role this agent can run, by name. */
@@ -102,6 +104,8 @@ export type RoleCatalogue = Partial<Record<RoleName, RoleDefinition>>;
 export interface RoleReport {
   role: RoleName;
   vatId: string;
+  /** "host:port" of the role's vat, or "" if the role has no port. */
+  address: string;
   process: ProcessStatus | undefined;
 }
 
@@ -313,6 +317,7 @@ export class Agent {
       roles: this.#assignment.roles.map(({ role }) => ({
         role,
         vatId: this.#roleVatIds.get(role) ?? "",
+        address: this.#roleAddress(role),
         process: processes.get(role),
       })),
     };
@@ -329,6 +334,13 @@ export class Agent {
     await Deno.remove(stateDir, { recursive: true }).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     });
+  }
+
+  #roleAddress(role: RoleName): string {
+    const port = this.#options.catalogue[role]?.port;
+    if (port === undefined) return "";
+    const host = this.#options.address;
+    return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   }
 
   async #apply(assignment: Assignment): Promise<void> {
