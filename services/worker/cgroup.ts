@@ -1,0 +1,202 @@
+/**
+ * Memory cgroups for grains, on cgroup v1 (a `memory` hierarchy, as on
+ * this project's test machines) or v2 (the unified hierarchy). One parent
+ * group per worker holds one child group per running grain; the child's
+ * limit is what the kernel enforces, and its OOM-kill counter is how the
+ * worker learns that the kernel killed something in the grain.
+ *
+ * @module
+ */
+
+/** Which cgroup interface a machine offers for memory. */
+export type CgroupVersion = 1 | 2;
+
+/** Finds the memory controller: v1 when a `memory` hierarchy is mounted,
+ * else v2 when the unified hierarchy has it. Throws if neither does. */
+export async function detectMemoryCgroup(
+  mountRoot = "/sys/fs/cgroup",
+): Promise<{ version: CgroupVersion; base: string }> {
+  try {
+    await Deno.stat(`${mountRoot}/memory/memory.limit_in_bytes`);
+    return { version: 1, base: `${mountRoot}/memory` };
+  } catch { /* not v1 */ }
+  try {
+    const controllers = await Deno.readTextFile(
+      `${mountRoot}/cgroup.controllers`,
+    );
+    if (controllers.split(/\s+/).includes("memory")) {
+      return { version: 2, base: mountRoot };
+    }
+  } catch { /* not v2 either */ }
+  throw new Error(`no memory cgroup controller under ${mountRoot}`);
+}
+
+/** Reads a counter file; undefined if it is absent. */
+async function readNumber(path: string): Promise<number | undefined> {
+  try {
+    const text = (await Deno.readTextFile(path)).trim();
+    return text === "max" ? Infinity : Number(text);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+}
+
+/** A "key value" line file such as memory.events or memory.oom_control. */
+async function readKeyed(path: string): Promise<Map<string, number>> {
+  const map = new Map<string, number>();
+  try {
+    for (const line of (await Deno.readTextFile(path)).split("\n")) {
+      const [key, value] = line.trim().split(/\s+/);
+      if (key && value !== undefined) map.set(key, Number(value));
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return map;
+}
+
+/** The memory cgroup of one grain. */
+export class GrainCgroup {
+  constructor(
+    readonly version: CgroupVersion,
+    /** Absolute path of the group's directory. */
+    readonly path: string,
+  ) {}
+
+  /** The file a launcher writes its own pid into to join the group. */
+  get procsFile(): string {
+    return `${this.path}/cgroup.procs`;
+  }
+
+  /** Bytes of memory the grain uses now (page cache and tmpfs included). */
+  async usageBytes(): Promise<number> {
+    const file = this.version === 1
+      ? "memory.usage_in_bytes"
+      : "memory.current";
+    return (await readNumber(`${this.path}/${file}`)) ?? 0;
+  }
+
+  /** The most the grain has used since it started. */
+  async peakBytes(): Promise<number | undefined> {
+    const file = this.version === 1
+      ? "memory.max_usage_in_bytes"
+      : "memory.peak";
+    return await readNumber(`${this.path}/${file}`);
+  }
+
+  /** How many processes of the grain the kernel's OOM killer ended. */
+  async oomKills(): Promise<number> {
+    const file = this.version === 1 ? "memory.oom_control" : "memory.events";
+    return (await readKeyed(`${this.path}/${file}`)).get("oom_kill") ?? 0;
+  }
+
+  /** Pids still in the group. */
+  async pids(): Promise<number[]> {
+    try {
+      return (await Deno.readTextFile(this.procsFile)).split("\n")
+        .filter((line) => line !== "").map(Number);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return [];
+      throw error;
+    }
+  }
+
+  /** Kills every process in the group and waits until it is empty. */
+  async killAll(): Promise<void> {
+    if (this.version === 2) {
+      try {
+        await Deno.writeTextFile(`${this.path}/cgroup.kill`, "1");
+      } catch { /* older kernel: fall back to signalling each pid */ }
+    }
+    for (let round = 0; round < 100; round++) {
+      const pids = await this.pids();
+      if (pids.length === 0) return;
+      for (const pid of pids) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* already gone */ }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    throw new Error(`processes remain in ${this.path} after SIGKILL`);
+  }
+
+  /** Removes the (empty) group. */
+  async remove(): Promise<void> {
+    await this.killAll();
+    for (let attempt = 0;; attempt++) {
+      try {
+        await Deno.remove(this.path);
+        return;
+      } catch (error) {
+        if (error instanceof Deno.errors.NotFound) return;
+        // The kernel may still be tearing down the last task.
+        if (attempt >= 50) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+  }
+}
+
+/** The worker's parent group, under which each grain gets its own. */
+export class CgroupTree {
+  private constructor(
+    readonly version: CgroupVersion,
+    /** Absolute path of the worker's group. */
+    readonly path: string,
+  ) {}
+
+  /** Creates (or reuses) the worker's group `name` under the memory
+   * controller's root. */
+  static async open(name: string, mountRoot?: string): Promise<CgroupTree> {
+    if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
+      throw new RangeError(`bad cgroup name ${JSON.stringify(name)}`);
+    }
+    const { version, base } = await detectMemoryCgroup(mountRoot);
+    const path = `${base}/${name}`;
+    await Deno.mkdir(path, { recursive: true });
+    if (version === 2) {
+      // Children only get a memory controller if the parent hands it on.
+      await Deno.writeTextFile(`${path}/cgroup.subtree_control`, "+memory");
+    } else {
+      // Hierarchical accounting makes the worker group's usage the sum of
+      // its grains'. Refused (EBUSY) once children exist; already set then.
+      await Deno.writeTextFile(`${path}/memory.use_hierarchy`, "1").catch(
+        () => {},
+      );
+    }
+    return new CgroupTree(version, path);
+  }
+
+  /** Makes the group for one grain with a hard memory limit. */
+  async create(grainName: string, limitBytes: number): Promise<GrainCgroup> {
+    if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {
+      throw new RangeError(`bad grain cgroup ${JSON.stringify(grainName)}`);
+    }
+    const group = new GrainCgroup(this.version, `${this.path}/${grainName}`);
+    await group.remove();
+    await Deno.mkdir(group.path);
+    const limit = String(Math.floor(limitBytes));
+    if (this.version === 1) {
+      await Deno.writeTextFile(`${group.path}/memory.limit_in_bytes`, limit);
+      // With swap accounting on, also cap memory+swap so that swapping out
+      // does not let a grain pass its limit.
+      await Deno.writeTextFile(
+        `${group.path}/memory.memsw.limit_in_bytes`,
+        limit,
+      ).catch(() => {});
+    } else {
+      await Deno.writeTextFile(`${group.path}/memory.max`, limit);
+      await Deno.writeTextFile(`${group.path}/memory.swap.max`, "0").catch(
+        () => {},
+      );
+    }
+    return group;
+  }
+
+  /** Memory used by all grains together. */
+  async usageBytes(): Promise<number> {
+    return await new GrainCgroup(this.version, this.path).usageBytes();
+  }
+}
