@@ -165,7 +165,7 @@ export function assignRoles(
   );
   const frontScore = (m: MachineInfo) =>
     (has(m.name, "worker") ? -8 : 0) +
-    (secure && has(m.name, "storage") ? -2 : 0) +
+    (has(m.name, "storage") ? (secure ? -2 : -0.5) : 0) +
     (has(m.name, "coordinator") ? 1 : 0) -
     controlRoles(m.name) * 0.1 -
     m.memoryBytes / 2 ** 50;
