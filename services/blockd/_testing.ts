@@ -28,12 +28,32 @@ export async function makeWorkspace(): Promise<Workspace> {
     sockets: `${root}/sockets`,
     cache: `${root}/cache`,
     store: `${root}/store`,
-    remove: () => Deno.remove(root, { recursive: true }),
+    remove: async () => {
+      await unmountUnder(root);
+      await Deno.remove(root, { recursive: true });
+    },
   };
   for (const dir of [workspace.sockets, workspace.cache, workspace.store]) {
     await Deno.mkdir(dir);
   }
   return workspace;
+}
+
+/** Lazily unmounts whatever a failed test left mounted under `root`,
+ * deepest first, and detaches loop devices backed by files there. */
+export async function unmountUnder(root: string): Promise<void> {
+  const mounts = (await Deno.readTextFile("/proc/mounts")).split("\n")
+    .map((line) => line.split(" ")[1])
+    .filter((path) => path?.startsWith(`${root}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const path of mounts) {
+    await run("umount", ["-l", path]);
+  }
+  const loops = await run("losetup", ["-n", "-O", "NAME,BACK-FILE"]);
+  for (const line of loops.stdout.split("\n")) {
+    const [name, file] = line.trim().split(/\s+/);
+    if (file?.startsWith(`${root}/`)) await run("losetup", ["-d", name]);
+  }
 }
 
 /** A logger that drops debug lines and writes the rest to stderr. */

@@ -43,6 +43,9 @@ export interface Attachment {
   formatted: boolean;
   /** Unmounts, takes the device down and flushes the export. */
   detach(): Promise<void>;
+  /** Tears everything down without flushing, for when the daemon died:
+   * lazy unmount, device down, FUSE mount dropped. */
+  abandon(): Promise<void>;
 }
 
 /** A step of attaching or detaching failed; names the command. */
@@ -120,9 +123,7 @@ export async function flushExport(
 export async function attach(options: AttachOptions): Promise<Attachment> {
   const method = options.method ??
     (await kernelHasNbd() ? "kernel-nbd" : "nbdfuse-loop");
-  const { device, release } = method === "kernel-nbd"
-    ? await connectKernel(options)
-    : await connectFuseLoop(options);
+  const { device, release } = await connectDevice({ ...options, method });
   try {
     let formatted = false;
     if (options.formatIfNew && !(await hasExtFilesystem(device))) {
@@ -155,6 +156,13 @@ export async function attach(options: AttachOptions): Promise<Attachment> {
         await flushExport(options.socketPath, options.exportName);
         options.log.info("grain-detached", { device });
       },
+      abandon: async () => {
+        if (detached) return;
+        detached = true;
+        await command("umount", ["-l", options.mountPoint]).catch(() => {});
+        await release(true);
+        options.log.warn("grain-abandoned", { device });
+      },
     };
   } catch (error) {
     await release().catch(() => {});
@@ -162,9 +170,23 @@ export async function attach(options: AttachOptions): Promise<Attachment> {
   }
 }
 
-interface Connected {
+/** A block device for the export, not mounted. */
+export interface Connected {
   device: string;
-  release(): Promise<void>;
+  /** Takes the device down; `force` when the daemon is gone. */
+  release(force?: boolean): Promise<void>;
+}
+
+/** Connects the export as a block device without mounting it (for a
+ * filesystem check, say), by the same path {@link attach} would take. */
+export async function connectDevice(
+  options: AttachOptions,
+): Promise<Connected> {
+  const method = options.method ??
+    (await kernelHasNbd() ? "kernel-nbd" : "nbdfuse-loop");
+  return method === "kernel-nbd"
+    ? await connectKernel(options)
+    : await connectFuseLoop(options);
 }
 
 /** Attaches the export to a free /dev/nbdN with nbd-client. */
@@ -184,8 +206,10 @@ async function connectKernel(options: AttachOptions): Promise<Connected> {
     ]);
     return {
       device,
-      release: async () => {
-        await command("nbd-client", ["-d", device]);
+      release: async (force = false) => {
+        const done = command("nbd-client", ["-d", device]);
+        if (force) await done.catch(() => {});
+        else await done;
       },
     };
   }
@@ -212,11 +236,19 @@ async function connectFuseLoop(options: AttachOptions): Promise<Connected> {
     fuseExited = true;
     return output;
   });
-  const unmountFuse = async () => {
-    if (!fuseExited) {
-      await command("fusermount3", ["-u", fuseDirectory]).catch(() => {
-        if (!fuseExited) fuse.kill("SIGTERM");
-      });
+  const unmountFuse = async (force = false) => {
+    // Even when nbdfuse is gone (it exits when the daemon dies) its mount
+    // point may be left behind, answering "not connected".
+    const args = force ? ["-u", "-z", fuseDirectory] : ["-u", fuseDirectory];
+    await command("fusermount3", args).catch(() => {
+      if (!fuseExited) fuse.kill("SIGTERM");
+    });
+    if (force && !fuseExited) {
+      const timer = setTimeout(() => {
+        if (!fuseExited) fuse.kill("SIGKILL");
+      }, 2_000);
+      await fuseStatus;
+      clearTimeout(timer);
     }
     await fuseStatus;
   };
@@ -247,8 +279,10 @@ async function connectFuseLoop(options: AttachOptions): Promise<Connected> {
   }
   return {
     device,
-    release: async () => {
-      await command("losetup", ["-d", device]);
+    release: async (force = false) => {
+      const detached = command("losetup", ["-d", device]);
+      if (force) await detached.catch(() => {});
+      else await detached;
       // losetup -d returns before the loop device lets go of the file.
       for (let i = 0; i < 100; i++) {
         const backing = await Deno.readTextFile(
@@ -257,7 +291,7 @@ async function connectFuseLoop(options: AttachOptions): Promise<Connected> {
         if (backing === "") break;
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
-      await unmountFuse();
+      await unmountFuse(force);
     },
   };
 }
