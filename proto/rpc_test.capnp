@@ -1,0 +1,39 @@
+@0xe3c1a8f25b7d9046;
+# The schema the RPC engine's tests, examples, benchmarks and the C++
+# interop peer (tests/interop/) share. Not used by any role.
+
+interface Counter {
+  # A small object whose lifetime the host can see, to test Release.
+  increment @0 (by :Int32) -> (value :Int32);
+}
+
+interface TestHost {
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+
+  newCounter @1 (start :Int32) -> (counter :Counter);
+  # A fresh counter; the host counts it in liveCounters until released.
+
+  useCounter @2 (counter :Counter, by :Int32) -> (value :Int32);
+  # Calls `counter.increment(by)` back on the caller's object.
+
+  holdCounter @3 (counter :Counter) -> ();
+  # Keeps a reference after the call returns.
+
+  dropHeld @4 () -> ();
+  # Releases every reference holdCounter kept.
+
+  liveCounters @5 () -> (count :Int32);
+  # How many counters made by newCounter are still referenced.
+
+  fail @6 (kind :Text) -> ();
+  # Throws an exception of the given type ("failed", "overloaded", ...).
+
+  echo @7 (data :Data) -> (data :Data);
+
+  self @8 () -> (host :TestHost);
+  # This same host, to test a capability that points back.
+
+  bounce @9 (counter :Counter) -> (counter :Counter);
+  # Returns the caller's own capability: pipelined calls on the result
+  # loop through the host until the caller learns it is local (embargo).
+}

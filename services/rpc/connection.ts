@@ -1,0 +1,1295 @@
+/**
+ * One Cap'n Proto RPC (level 1) connection over a {@link MessageConnection}:
+ * the four tables (questions, answers, imports, exports), bootstrap,
+ * call/return/finish, promise pipelining, Resolve, Release, Disembargo and
+ * Abort, following rpc.capnp.
+ *
+ * @module
+ */
+
+import * as $ from "capnp-es";
+import * as rpc from "../../proto/gen/capnp/rpc.ts";
+import {
+  EXCEPTION_TYPE_CODES,
+  exceptionTypeName,
+  RpcError,
+  RpcProtocolError,
+  toRpcError,
+} from "./errors.ts";
+import {
+  Ans,
+  type AnyCall,
+  AnyStruct,
+  BrokenAnswer,
+  BrokenCap,
+  Cap,
+  capabilityAt,
+  type PipelineOp,
+  PromiseCap,
+  quiet,
+  shorten,
+  toCap,
+  type Transform,
+  transformKey,
+} from "./capability.ts";
+import type { MessageConnection } from "./transport.ts";
+import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
+
+/** Per-connection limits; a peer that passes one gets an error. */
+export interface ConnectionLimits {
+  /** Calls from the peer being served at once; more get `overloaded`. */
+  maxOutstandingCalls: number;
+  /** Largest message accepted or sent, in bytes (framing included). */
+  maxMessageBytes: number;
+  /** Imports plus exports; a peer passing more is aborted. */
+  maxCapabilities: number;
+}
+
+/** The limits used when none are given. */
+export const DEFAULT_LIMITS: Readonly<ConnectionLimits> = {
+  maxOutstandingCalls: 4096,
+  maxMessageBytes: 64 << 20,
+  maxCapabilities: 65536,
+};
+
+/** What a connection is made with. */
+export interface ConnectionOptions {
+  /** The capability the peer gets when it asks for bootstrap; the peer
+   * gets an `unimplemented` error when there is none. */
+  bootstrap?: $.Client;
+  limits?: Partial<ConnectionLimits>;
+  /** Counters to add to; the process-wide {@link rpcMetrics} otherwise. */
+  metrics?: RpcMetrics;
+}
+
+type TargetWriter = (target: rpc.MessageTarget) => void;
+
+interface Export {
+  cap: Cap;
+  refcount: number;
+}
+
+interface AnswerEntry {
+  answer: Ans;
+  returned: boolean;
+  finished: boolean;
+  releaseResultCaps: boolean;
+  resultExports: number[];
+  /** The capabilities in the results as the server wrote them: handed
+   * over to this connection, closed when the answer is retired. */
+  resultCaps: ($.Client | null)[];
+}
+
+interface Embargo {
+  lift: () => void;
+  fail: (error: RpcError) => void;
+}
+
+const importFinalizer = new FinalizationRegistry<ImportTicket>((ticket) => {
+  ticket.connection.importCollected(ticket);
+});
+
+interface ImportTicket {
+  connection: RpcConnection;
+  id: number;
+  counter: { remoteRefcount: number; released: boolean };
+}
+
+/**
+ * An RPC connection. It starts reading at once; `bootstrap()` gives the
+ * peer's bootstrap capability; `close()` ends it. Every capability that
+ * crosses it in either direction is counted, and released when dropped.
+ */
+export class RpcConnection {
+  readonly transport: MessageConnection;
+  readonly limits: ConnectionLimits;
+  readonly metrics: RpcMetrics;
+  #bootstrap: Cap | undefined;
+  #questions = new Map<number, Question>();
+  #freeQuestionIds: number[] = [];
+  #nextQuestionId = 0;
+  #answers = new Map<number, AnswerEntry>();
+  #running = 0;
+  #exports: (Export | undefined)[] = [];
+  #freeExportIds: number[] = [];
+  #exportIds = new Map<Cap, number>();
+  #exportCount = 0;
+  #imports = new Map<number, WeakRef<ImportCap>>();
+  #embargoes = new Map<number, Embargo>();
+  #nextEmbargoId = 0;
+  #error: RpcError | undefined;
+  readonly #done: Promise<RpcError>;
+  #setDone!: (error: RpcError) => void;
+
+  constructor(transport: MessageConnection, options: ConnectionOptions = {}) {
+    this.transport = transport;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.metrics = options.metrics ?? rpcMetrics;
+    if (options.bootstrap !== undefined) {
+      this.#bootstrap = toCap(options.bootstrap).addRef();
+    }
+    this.#done = new Promise((resolve) => this.#setDone = resolve);
+    this.metrics.connectionsOpened++;
+    this.#run();
+  }
+
+  /** The peer's vat ID when the transport authenticates it. */
+  get peerVatId(): Uint8Array | undefined {
+    return this.transport.peerVatId;
+  }
+
+  /** Why the connection ended, once it has. */
+  get error(): RpcError | undefined {
+    return this.#error;
+  }
+
+  /** Resolves with the reason once the connection has ended. */
+  get closed(): Promise<RpcError> {
+    return this.#done;
+  }
+
+  /** Counts of live table entries, for tests and metrics. */
+  get stats(): {
+    questions: number;
+    answers: number;
+    imports: number;
+    exports: number;
+    embargoes: number;
+  } {
+    return {
+      questions: this.#questions.size,
+      answers: this.#answers.size,
+      imports: this.#imports.size,
+      exports: this.#exportCount,
+      embargoes: this.#embargoes.size,
+    };
+  }
+
+  /**
+   * The peer's bootstrap capability, usable at once (calls made before the
+   * answer arrives are pipelined on it). The caller owns the reference.
+   */
+  bootstrap(): Cap {
+    if (this.#error !== undefined) return new BrokenCap(this.#error);
+    const question = this.#newQuestion();
+    const message = new $.Message();
+    const root = message.initRoot(rpc.Message);
+    root._initBootstrap().questionId = question.id;
+    try {
+      this.#send(message);
+    } catch (error) {
+      question.fail(toRpcError(error));
+      return new BrokenCap(toRpcError(error));
+    }
+    return question.bootstrapCap();
+  }
+
+  /** Ends the connection: every pending call fails with `disconnected`. */
+  close(reason?: Error): void {
+    this.#shutdown(
+      new RpcError("disconnected", reason?.message ?? "connection closed", {
+        cause: reason,
+      }),
+    );
+  }
+
+  /** Sends Abort with `error`, then closes. */
+  abort(error: RpcError): void {
+    if (this.#error !== undefined) return;
+    this.metrics.abortsSent++;
+    try {
+      const message = new $.Message();
+      writeException(message.initRoot(rpc.Message)._initAbort(), error);
+      this.transport.send(new Uint8Array(message.toArrayBuffer()));
+    } catch {
+      // The transport is already gone; closing below is all that is left.
+    }
+    this.#shutdown(error);
+  }
+
+  // ---- sending -----------------------------------------------------------
+
+  #send(message: $.Message): void {
+    if (this.#error !== undefined) throw this.#error;
+    const bytes = new Uint8Array(message.toArrayBuffer());
+    if (bytes.length > this.limits.maxMessageBytes) {
+      throw new RpcError(
+        "failed",
+        `message of ${bytes.length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
+      );
+    }
+    this.metrics.messagesSent++;
+    this.transport.send(bytes);
+  }
+
+  /** Sends a call to `writeTarget` and returns its answer. */
+  sendCall(writeTarget: TargetWriter, call: AnyCall): Ans {
+    if (this.#error !== undefined) return new BrokenAnswer(this.#error);
+    const question = this.#newQuestion();
+    const message = new $.Message();
+    const body = message.initRoot(rpc.Message)._initCall();
+    body.questionId = question.id;
+    body.interfaceId = call.method.interfaceId;
+    body.methodId = call.method.methodId;
+    writeTarget(body._initTarget());
+    const payload = body._initParams();
+    try {
+      if ($.isDataCall(call)) {
+        $.utils.copyFrom(call.params, payload.content);
+      } else {
+        $.placeParams(call, payload.content);
+      }
+      question.paramExports = this.#writeCapTable(payload, message);
+      this.#send(message);
+    } catch (error) {
+      const failure = toRpcError(error);
+      this.#releaseExports(question.paramExports);
+      question.fail(failure);
+      this.#questions.delete(question.id);
+      this.#freeQuestionIds.push(question.id);
+      return new BrokenAnswer(failure);
+    }
+    this.metrics.callsSent++;
+    return question;
+  }
+
+  #newQuestion(): Question {
+    const id = this.#freeQuestionIds.pop() ?? this.#nextQuestionId++;
+    const question = new Question(this, id);
+    this.#questions.set(id, question);
+    return question;
+  }
+
+  /** Sends Finish once the question returned and no embargo needs it. */
+  maybeFinish(question: Question): void {
+    if (
+      !question.returned || question.finishSent ||
+      question.pendingEmbargoes > 0
+    ) return;
+    question.finishSent = true;
+    this.#questions.delete(question.id);
+    this.#freeQuestionIds.push(question.id);
+    if (this.#error !== undefined) return;
+    const message = new $.Message();
+    const finish = message.initRoot(rpc.Message)._initFinish();
+    finish.questionId = question.id;
+    finish.releaseResultCaps = false;
+    this.#trySend(message);
+  }
+
+  #trySend(message: $.Message): void {
+    try {
+      this.#send(message);
+    } catch (error) {
+      this.abort(toRpcError(error));
+    }
+  }
+
+  /** Writes one capability into a descriptor; returns the export ID when
+   * the capability was exported (the caller owns that reference). */
+  #writeDescriptor(
+    client: $.Client | null,
+    descriptor: rpc.CapDescriptor,
+  ): number | undefined {
+    const cap = shorten(toCap(client));
+    if (cap.connection === this) {
+      if (cap instanceof ImportCap) {
+        descriptor.receiverHosted = cap.importId;
+        return undefined;
+      }
+      if (cap instanceof PipelineCap && cap.question.open) {
+        writePromisedAnswer(
+          descriptor._initReceiverAnswer(),
+          cap.question.id,
+          cap.transform,
+        );
+        return undefined;
+      }
+    }
+    if (cap instanceof BrokenCap) {
+      descriptor.none = true;
+      return undefined;
+    }
+    const pending = cap.whenResolved();
+    const id = this.#export(cap);
+    if (pending !== undefined) {
+      descriptor.senderPromise = id;
+      pending.then((resolution) => this.#resolveExport(id, cap, resolution));
+    } else {
+      descriptor.senderHosted = id;
+    }
+    return id;
+  }
+
+  #writeCapTable(payload: rpc.Payload, message: $.Message): number[] {
+    const caps = message._capnp.capTable ?? [];
+    if (caps.length === 0) return [];
+    const list = payload._initCapTable(caps.length);
+    const exported: number[] = [];
+    for (let i = 0; i < caps.length; i++) {
+      const id = this.#writeDescriptor(caps[i], list.get(i));
+      if (id !== undefined) exported.push(id);
+    }
+    return exported;
+  }
+
+  #export(cap: Cap): number {
+    const existing = this.#exportIds.get(cap);
+    if (existing !== undefined) {
+      this.#exports[existing]!.refcount++;
+      return existing;
+    }
+    if (this.#exportCount + this.#imports.size >= this.limits.maxCapabilities) {
+      throw new RpcError(
+        "overloaded",
+        `capability table is full (${this.limits.maxCapabilities} entries)`,
+      );
+    }
+    const id = this.#freeExportIds.pop() ?? this.#exports.length;
+    this.#exports[id] = { cap: cap.addRef(), refcount: 1 };
+    this.#exportIds.set(cap, id);
+    this.#exportCount++;
+    return id;
+  }
+
+  #releaseExport(id: number, count: number): void {
+    const entry = this.#exports[id];
+    if (entry === undefined) {
+      throw new RpcProtocolError(`Release of unknown export ID ${id}`);
+    }
+    if (count > entry.refcount) {
+      throw new RpcProtocolError(
+        `Release of ${count} references to export ${id}, which has ${entry.refcount}`,
+      );
+    }
+    entry.refcount -= count;
+    if (entry.refcount > 0) return;
+    this.#exports[id] = undefined;
+    this.#freeExportIds.push(id);
+    this.#exportCount--;
+    if (this.#exportIds.get(entry.cap) === id) {
+      this.#exportIds.delete(entry.cap);
+    }
+    entry.cap.close();
+    this.metrics.exportsReleased++;
+  }
+
+  #releaseExports(ids: readonly number[]): void {
+    for (const id of ids) {
+      if (this.#exports[id] !== undefined) this.#releaseExport(id, 1);
+    }
+  }
+
+  /** Sends Resolve for an exported promise once it has settled. */
+  async #resolveExport(id: number, promise: Cap, resolution: Cap) {
+    // A resolution that is itself a promise pointing back across this
+    // connection must settle first (the "Tribble 4-way race"): the peer
+    // could otherwise send Disembargo to something that is not final.
+    resolution = shorten(resolution);
+    while (resolution.connection === this) {
+      const next = resolution.whenResolved();
+      if (next === undefined) break;
+      resolution = shorten(await next);
+    }
+    const entry = this.#exports[id];
+    if (entry === undefined || entry.cap !== promise) return;
+    if (this.#error !== undefined) return;
+    const message = new $.Message();
+    const resolve = message.initRoot(rpc.Message)._initResolve();
+    resolve.promiseId = id;
+    if (resolution instanceof BrokenCap) {
+      writeException(resolve._initException(), resolution.error);
+    } else {
+      try {
+        this.#writeDescriptor(resolution, resolve._initCap());
+      } catch (error) {
+        writeException(resolve._initException(), toRpcError(error));
+      }
+    }
+    // Later lookups of this export (a Disembargo aimed at it) now find
+    // the resolution directly.
+    this.#exportIds.delete(promise);
+    entry.cap = resolution.addRef();
+    promise.close();
+    this.#trySend(message);
+  }
+
+  /**
+   * When a promise that pointed across this connection settles on
+   * something elsewhere after calls were sent through it, calls made from
+   * now on must wait until those earlier calls have come back around:
+   * Disembargo (senderLoopback) goes out and returns a promise that lifts
+   * when the peer echoes it. Returns what the promise should now forward to.
+   */
+  embargo(
+    writeTarget: TargetWriter,
+    resolution: Cap,
+    onLifted: () => void,
+  ): Cap {
+    if (this.#error !== undefined) {
+      onLifted();
+      return resolution;
+    }
+    const id = this.#nextEmbargoId++;
+    const waiting = new PromiseCap();
+    this.#embargoes.set(id, {
+      lift: () => {
+        waiting.resolve(resolution);
+        onLifted();
+      },
+      fail: (error) => {
+        waiting.reject(error);
+        onLifted();
+      },
+    });
+    const message = new $.Message();
+    const disembargo = message.initRoot(rpc.Message)._initDisembargo();
+    writeTarget(disembargo._initTarget());
+    disembargo._initContext().senderLoopback = id;
+    this.metrics.embargoes++;
+    this.#trySend(message);
+    return waiting;
+  }
+
+  /** Sends Release for an import whose last reference went. */
+  releaseImport(cap: ImportCap): void {
+    const ticket = cap.ticket;
+    if (ticket.counter.released) return;
+    ticket.counter.released = true;
+    importFinalizer.unregister(cap);
+    if (this.#imports.get(cap.importId)?.deref() === cap) {
+      this.#imports.delete(cap.importId);
+    }
+    this.#sendRelease(cap.importId, ticket.counter.remoteRefcount);
+  }
+
+  /** Called by the finalizer when an import was collected unreleased. */
+  importCollected(ticket: ImportTicket): void {
+    if (ticket.counter.released) return;
+    ticket.counter.released = true;
+    const entry = this.#imports.get(ticket.id);
+    if (entry !== undefined && entry.deref() === undefined) {
+      this.#imports.delete(ticket.id);
+    }
+    this.#sendRelease(ticket.id, ticket.counter.remoteRefcount);
+  }
+
+  #sendRelease(id: number, count: number): void {
+    if (this.#error !== undefined) return;
+    const message = new $.Message();
+    const release = message.initRoot(rpc.Message)._initRelease();
+    release.id = id;
+    release.referenceCount = count;
+    this.metrics.importsReleased++;
+    this.#trySend(message);
+  }
+
+  // ---- receiving ---------------------------------------------------------
+
+  async #run(): Promise<void> {
+    for (;;) {
+      let bytes: Uint8Array | null;
+      try {
+        bytes = await this.transport.receive();
+      } catch (error) {
+        if ((error as { badInput?: boolean }).badInput === true) {
+          this.metrics.badMessages++;
+          this.abort(new RpcProtocolError(`bad frame from peer: ${error}`));
+        } else if (error instanceof RpcError) {
+          this.abort(error);
+        } else {
+          this.#shutdown(
+            new RpcError("disconnected", `transport broke: ${error}`, {
+              cause: error,
+            }),
+          );
+        }
+        return;
+      }
+      if (this.#error !== undefined) return;
+      if (bytes === null) {
+        this.#shutdown(new RpcError("disconnected", "peer closed"));
+        return;
+      }
+      this.metrics.messagesReceived++;
+      try {
+        this.#handle(bytes);
+      } catch (error) {
+        this.metrics.badMessages++;
+        const failure = error instanceof RpcProtocolError
+          ? error
+          : new RpcProtocolError(`bad message from peer: ${error}`, {
+            cause: error,
+          });
+        this.abort(failure);
+        return;
+      }
+      if (this.#error !== undefined) return;
+    }
+  }
+
+  #handle(bytes: Uint8Array): void {
+    if (bytes.length > this.limits.maxMessageBytes) {
+      throw new RpcProtocolError(
+        `message of ${bytes.length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
+      );
+    }
+    const message = new $.Message(bytes, false);
+    message._capnp.traversalLimit = Math.max(bytes.length * 8, 8 << 10);
+    const root = message.getRoot(rpc.Message);
+    switch (root.which()) {
+      case rpc.Message.CALL:
+        return this.#handleCall(root.call, message);
+      case rpc.Message.RETURN:
+        return this.#handleReturn(root.return, message);
+      case rpc.Message.FINISH:
+        return this.#handleFinish(root.finish);
+      case rpc.Message.RESOLVE:
+        return this.#handleResolve(root.resolve);
+      case rpc.Message.RELEASE:
+        return this.#releaseExport(
+          root.release.id,
+          root.release.referenceCount,
+        );
+      case rpc.Message.DISEMBARGO:
+        return this.#handleDisembargo(root.disembargo, root);
+      case rpc.Message.BOOTSTRAP:
+        return this.#handleBootstrap(root.bootstrap.questionId);
+      case rpc.Message.ABORT: {
+        const error = readException(root.abort);
+        this.metrics.abortsReceived++;
+        this.#shutdown(
+          new RpcError(error.type, `peer aborted: ${error.message}`, {
+            remote: true,
+          }),
+        );
+        return;
+      }
+      case rpc.Message.UNIMPLEMENTED:
+        return this.#handleUnimplemented(root.unimplemented);
+      default: {
+        this.metrics.unimplementedSent++;
+        const reply = new $.Message();
+        reply.initRoot(rpc.Message).unimplemented = root;
+        this.#send(reply);
+      }
+    }
+  }
+
+  #handleBootstrap(questionId: number): void {
+    const entry = this.#newAnswer(questionId);
+    if (entry === undefined) return;
+    const answer = new SettledAnswer();
+    if (this.#bootstrap === undefined) {
+      answer.error = new RpcError("unimplemented", "this vat has no bootstrap");
+    } else {
+      const holder = new $.Message();
+      const content = holder.initRoot(rpc.Payload).content;
+      $.utils.setInterfacePointer(
+        holder.addCap(this.#bootstrap.addRef()),
+        content,
+      );
+      answer.root = content;
+    }
+    entry.answer = answer;
+    this.#sendReturn(questionId, entry);
+  }
+
+  #newAnswer(questionId: number): AnswerEntry | undefined {
+    if (this.#answers.has(questionId)) {
+      throw new RpcProtocolError(`question ID ${questionId} is already in use`);
+    }
+    const entry: AnswerEntry = {
+      answer: new BrokenAnswer(new RpcError("failed", "not started")),
+      returned: false,
+      finished: false,
+      releaseResultCaps: false,
+      resultExports: [],
+      resultCaps: [],
+    };
+    this.#answers.set(questionId, entry);
+    this.#running++;
+    if (this.#running > this.limits.maxOutstandingCalls) {
+      this.metrics.callsRefused++;
+      entry.answer = new BrokenAnswer(
+        new RpcError(
+          "overloaded",
+          `over ${this.limits.maxOutstandingCalls} calls outstanding on this connection`,
+        ),
+      );
+      this.#sendReturn(questionId, entry);
+      return undefined;
+    }
+    return entry;
+  }
+
+  #handleCall(call: rpc.Call, message: $.Message): void {
+    const questionId = call.questionId;
+    if (call.sendResultsTo.which() !== rpc.Call_SendResultsTo.CALLER) {
+      throw new RpcProtocolError(
+        "Call.sendResultsTo other than caller is not supported (level 1 vat)",
+      );
+    }
+    const target = this.#readTarget(call.target);
+    const params = call.params;
+    const caps = this.#readCapTable(params, message);
+    const entry = this.#newAnswer(questionId);
+    this.metrics.callsReceived++;
+    if (entry === undefined) {
+      for (const cap of caps) cap.close();
+      return;
+    }
+    const dataCall: AnyCall = {
+      method: {
+        interfaceId: call.interfaceId,
+        methodId: call.methodId,
+        ParamsClass: AnyStruct,
+        ResultsClass: AnyStruct,
+      },
+      params: $.utils.getAs(AnyStruct, params.content as $.Struct),
+    };
+    const answer = target.send(dataCall);
+    entry.answer = answer;
+    const done = () => {
+      for (const cap of caps) cap.close();
+      this.#sendReturn(questionId, entry);
+    };
+    answer.results().then(done, done);
+  }
+
+  #readTarget(target: rpc.MessageTarget): Cap {
+    if (target.which() === rpc.MessageTarget.IMPORTED_CAP) {
+      const entry = this.#exports[target.importedCap];
+      if (entry === undefined) {
+        throw new RpcProtocolError(
+          `message targets export ID ${target.importedCap}, which does not exist`,
+        );
+      }
+      return entry.cap;
+    }
+    if (target.which() === rpc.MessageTarget.PROMISED_ANSWER) {
+      return this.#readPromisedAnswer(target.promisedAnswer);
+    }
+    throw new RpcProtocolError(`unknown message target ${target.which()}`);
+  }
+
+  #readPromisedAnswer(promised: rpc.PromisedAnswer): Cap {
+    const entry = this.#answers.get(promised.questionId);
+    if (entry === undefined) {
+      throw new RpcProtocolError(
+        `promisedAnswer names question ${promised.questionId}, which is not open`,
+      );
+    }
+    const transform: PipelineOp[] = [];
+    for (const op of promised.transform) {
+      if (op.which() === rpc.PromisedAnswer_Op.GET_POINTER_FIELD) {
+        transform.push({ field: op.getPointerField });
+      } else if (op.which() !== rpc.PromisedAnswer_Op.NOOP) {
+        throw new RpcProtocolError(`unknown pipeline op ${op.which()}`);
+      }
+    }
+    return entry.answer.pipelineCap(transform);
+  }
+
+  #readCapTable(payload: rpc.Payload, message: $.Message): Cap[] {
+    const caps: Cap[] = [];
+    if (!payload._hasCapTable()) {
+      message._capnp.capTable = caps;
+      return caps;
+    }
+    const list = payload.capTable;
+    if (list.length > this.limits.maxCapabilities) {
+      throw new RpcProtocolError(
+        `cap table of ${list.length} entries is over the limit of ${this.limits.maxCapabilities}`,
+      );
+    }
+    try {
+      for (const descriptor of list) {
+        caps.push(this.#readDescriptor(descriptor));
+      }
+    } catch (error) {
+      for (const cap of caps) cap.close();
+      throw error;
+    }
+    message._capnp.capTable = caps;
+    return caps;
+  }
+
+  /** Turns a descriptor into a Cap the caller owns one reference of. */
+  #readDescriptor(descriptor: rpc.CapDescriptor): Cap {
+    switch (descriptor.which()) {
+      case rpc.CapDescriptor.NONE:
+        return new BrokenCap(new RpcError("failed", "null capability"));
+      case rpc.CapDescriptor.SENDER_HOSTED:
+        return this.#import(descriptor.senderHosted, false);
+      case rpc.CapDescriptor.SENDER_PROMISE:
+        return this.#import(descriptor.senderPromise, true);
+      case rpc.CapDescriptor.RECEIVER_HOSTED: {
+        const entry = this.#exports[descriptor.receiverHosted];
+        if (entry === undefined) {
+          throw new RpcProtocolError(
+            `receiverHosted names export ID ${descriptor.receiverHosted}, which does not exist`,
+          );
+        }
+        return entry.cap.addRef();
+      }
+      case rpc.CapDescriptor.RECEIVER_ANSWER:
+        return this.#readPromisedAnswer(descriptor.receiverAnswer).addRef();
+      case rpc.CapDescriptor.THIRD_PARTY_HOSTED:
+        // A level 1 vat uses the vine, which the sender hosts.
+        return this.#import(descriptor.thirdPartyHosted.vineId, false);
+      default:
+        throw new RpcProtocolError(
+          `unknown capability descriptor ${descriptor.which()}`,
+        );
+    }
+  }
+
+  #import(id: number, isPromise: boolean): Cap {
+    const existing = this.#imports.get(id)?.deref();
+    if (existing !== undefined && !existing.ticket.counter.released) {
+      existing.ticket.counter.remoteRefcount++;
+      return existing.addRef();
+    }
+    if (this.#exportCount + this.#imports.size >= this.limits.maxCapabilities) {
+      throw new RpcProtocolError(
+        `capability table is full (${this.limits.maxCapabilities} entries)`,
+      );
+    }
+    const ticket: ImportTicket = {
+      connection: this,
+      id,
+      counter: { remoteRefcount: 1, released: false },
+    };
+    const cap = isPromise
+      ? new PromiseImportCap(this, id, ticket)
+      : new ImportCap(this, id, ticket);
+    this.#imports.set(id, new WeakRef(cap));
+    importFinalizer.register(cap, ticket, cap);
+    return cap;
+  }
+
+  #handleReturn(ret: rpc.Return, message: $.Message): void {
+    const question = this.#questions.get(ret.answerId);
+    if (question === undefined || question.returned) {
+      throw new RpcProtocolError(
+        `Return for question ${ret.answerId}, which is not awaiting one`,
+      );
+    }
+    question.returned = true;
+    if (ret.releaseParamCaps) this.#releaseExports(question.paramExports);
+    switch (ret.which()) {
+      case rpc.Return.RESULTS: {
+        const payload = ret.results;
+        this.#readCapTable(payload, message);
+        question.fulfill(payload.content);
+        break;
+      }
+      case rpc.Return.EXCEPTION: {
+        const error = readException(ret.exception);
+        question.fail(
+          new RpcError(error.type, error.message, { remote: true }),
+        );
+        break;
+      }
+      case rpc.Return.CANCELED:
+        question.fail(new RpcError("failed", "call was canceled"));
+        break;
+      default:
+        question.fail(
+          new RpcError(
+            "unimplemented",
+            `Return of kind ${ret.which()} is not supported`,
+          ),
+        );
+    }
+    this.maybeFinish(question);
+  }
+
+  #handleFinish(finish: rpc.Finish): void {
+    const entry = this.#answers.get(finish.questionId);
+    if (entry === undefined || entry.finished) {
+      throw new RpcProtocolError(
+        `Finish for question ${finish.questionId}, which is not open`,
+      );
+    }
+    entry.finished = true;
+    entry.releaseResultCaps = finish.releaseResultCaps;
+    if (entry.returned) this.#retireAnswer(finish.questionId, entry);
+  }
+
+  #retireAnswer(questionId: number, entry: AnswerEntry): void {
+    this.#answers.delete(questionId);
+    if (entry.releaseResultCaps) this.#releaseExports(entry.resultExports);
+    closeAll(entry.resultCaps);
+  }
+
+  #sendReturn(questionId: number, entry: AnswerEntry): void {
+    if (entry.returned || this.#error !== undefined) return;
+    entry.returned = true;
+    this.#running--;
+    const answer = entry.answer;
+    const build = (settled: $.Pointer | undefined, error?: RpcError) => {
+      const message = new $.Message();
+      const ret = message.initRoot(rpc.Message)._initReturn();
+      ret.answerId = questionId;
+      ret.releaseParamCaps = false;
+      if (settled !== undefined) {
+        try {
+          const payload = ret._initResults();
+          entry.resultCaps = settled.segment.message._capnp.capTable ?? [];
+          $.utils.copyFrom(settled, payload.content);
+          entry.resultExports = this.#writeCapTable(payload, message);
+          this.#send(message);
+        } catch (failure) {
+          this.#releaseExports(entry.resultExports);
+          entry.resultExports = [];
+          build(undefined, toRpcError(failure));
+          return;
+        }
+      } else {
+        writeException(
+          ret._initException(),
+          error ?? new RpcError("failed", "no results"),
+        );
+        this.#trySend(message);
+      }
+      if (entry.finished) this.#retireAnswer(questionId, entry);
+    };
+    if (answer instanceof SettledAnswer) {
+      build(answer.root, answer.error);
+      return;
+    }
+    if (answer instanceof BrokenAnswer) {
+      build(undefined, answer.error);
+      return;
+    }
+    // Results of a call that already settled: read them without waiting.
+    answer.results().then(
+      (results) => {
+        if (this.#error === undefined) build(results);
+      },
+      (error) => {
+        if (this.#error === undefined) build(undefined, toRpcError(error));
+      },
+    );
+  }
+
+  #handleResolve(resolve: rpc.Resolve): void {
+    const promise = this.#imports.get(resolve.promiseId)?.deref();
+    let resolution: Cap;
+    if (resolve.which() === rpc.Resolve.CAP) {
+      resolution = this.#readDescriptor(resolve.cap);
+    } else {
+      const error = readException(resolve.exception);
+      resolution = new BrokenCap(
+        new RpcError(error.type, error.message, { remote: true }),
+      );
+    }
+    if (!(promise instanceof PromiseImportCap) || promise.released) {
+      // The promise was released already; drop what it resolved to.
+      resolution.close();
+      return;
+    }
+    promise.settle(resolution);
+  }
+
+  #handleDisembargo(disembargo: rpc.Disembargo, original: rpc.Message): void {
+    const context = disembargo.context;
+    switch (context.which()) {
+      case rpc.Disembargo_Context.SENDER_LOOPBACK: {
+        const target = shorten(this.#readTarget(disembargo.target));
+        // Calls that came before this message were forwarded at once (see
+        // capability.ts), so echoing now keeps them ahead of the lift.
+        if (
+          target.connection !== this ||
+          !(target instanceof ImportCap || target instanceof PipelineCap)
+        ) {
+          throw new RpcProtocolError(
+            "Disembargo senderLoopback aimed at a capability that does not point back to the sender",
+          );
+        }
+        if (target instanceof PipelineCap && !target.question.open) {
+          throw new RpcProtocolError(
+            "Disembargo senderLoopback aimed at a settled pipeline",
+          );
+        }
+        const reply = new $.Message();
+        const echo = reply.initRoot(rpc.Message)._initDisembargo();
+        target.writeTarget(echo._initTarget());
+        echo._initContext().receiverLoopback = context.senderLoopback;
+        this.#send(reply);
+        return;
+      }
+      case rpc.Disembargo_Context.RECEIVER_LOOPBACK: {
+        const id = context.receiverLoopback;
+        const embargo = this.#embargoes.get(id);
+        if (embargo === undefined) {
+          throw new RpcProtocolError(
+            `Disembargo receiverLoopback for unknown embargo ${id}`,
+          );
+        }
+        this.#embargoes.delete(id);
+        embargo.lift();
+        return;
+      }
+      default: {
+        this.metrics.unimplementedSent++;
+        const reply = new $.Message();
+        reply.initRoot(rpc.Message).unimplemented = original;
+        this.#send(reply);
+      }
+    }
+  }
+
+  #handleUnimplemented(echo: rpc.Message): void {
+    this.metrics.unimplementedReceived++;
+    switch (echo.which()) {
+      case rpc.Message.RESOLVE: {
+        const resolve = echo.resolve;
+        if (resolve.which() !== rpc.Resolve.CAP) return;
+        const cap = resolve.cap;
+        if (cap.which() === rpc.CapDescriptor.SENDER_HOSTED) {
+          this.#releaseExports([cap.senderHosted]);
+        } else if (cap.which() === rpc.CapDescriptor.SENDER_PROMISE) {
+          this.#releaseExports([cap.senderPromise]);
+        }
+        return;
+      }
+      case rpc.Message.BOOTSTRAP:
+      case rpc.Message.CALL: {
+        const id = echo.which() === rpc.Message.CALL
+          ? echo.call.questionId
+          : echo.bootstrap.questionId;
+        const question = this.#questions.get(id);
+        if (question === undefined) return;
+        question.returned = true;
+        question.fail(
+          new RpcError("unimplemented", "peer does not implement this call"),
+        );
+        this.maybeFinish(question);
+        return;
+      }
+      default:
+        this.abort(
+          new RpcProtocolError(
+            `peer cannot handle message kind ${echo.which()}`,
+          ),
+        );
+    }
+  }
+
+  #shutdown(error: RpcError): void {
+    if (this.#error !== undefined) return;
+    this.#error = error;
+    this.metrics.connectionsClosed++;
+    const questions = [...this.#questions.values()];
+    this.#questions.clear();
+    for (const question of questions) question.fail(error);
+    const embargoes = [...this.#embargoes.values()];
+    this.#embargoes.clear();
+    for (const embargo of embargoes) embargo.fail(error);
+    const exports = this.#exports;
+    this.#exports = [];
+    this.#exportIds.clear();
+    this.#exportCount = 0;
+    for (const entry of exports) entry?.cap.close();
+    for (const weak of this.#imports.values()) weak.deref()?.disconnect(error);
+    this.#imports.clear();
+    for (const entry of this.#answers.values()) closeAll(entry.resultCaps);
+    this.#answers.clear();
+    this.#bootstrap?.close();
+    this.#bootstrap = undefined;
+    try {
+      this.transport.close(error);
+    } catch {
+      // Closing twice is harmless; the transport may already be gone.
+    }
+    this.#setDone(error);
+  }
+}
+
+/** An answer whose result is known when it is made (bootstrap). */
+class SettledAnswer extends Ans {
+  root: $.Pointer | undefined;
+  error: RpcError | undefined;
+
+  results(): Promise<$.Pointer> {
+    if (this.root !== undefined) return Promise.resolve(this.root);
+    return quiet(
+      Promise.reject(this.error ?? new RpcError("failed", "no results")),
+    );
+  }
+
+  pipelineCap(transform: Transform): Cap {
+    if (this.root !== undefined) return capabilityAt(this.root, transform);
+    return new BrokenCap(this.error ?? new RpcError("failed", "no results"));
+  }
+}
+
+/** A call this vat asked the peer; also its client-side answer. */
+class Question extends Ans {
+  returned = false;
+  finishSent = false;
+  pendingEmbargoes = 0;
+  paramExports: number[] = [];
+  #root: $.Pointer | undefined;
+  #error: RpcError | undefined;
+  #pipelines = new Map<string, PipelineCap>();
+  readonly #results: Promise<$.Pointer>;
+  #resolve!: (root: $.Pointer) => void;
+  #reject!: (error: RpcError) => void;
+
+  constructor(readonly connection: RpcConnection, readonly id: number) {
+    super();
+    this.#results = quiet(
+      new Promise((resolve, reject) => {
+        this.#resolve = resolve;
+        this.#reject = reject;
+      }),
+    );
+  }
+
+  /** True while the peer still holds the answer (pipelining allowed). */
+  get open(): boolean {
+    return !this.finishSent && this.#error === undefined;
+  }
+
+  results(): Promise<$.Pointer> {
+    return this.#results;
+  }
+
+  pipelineCap(transform: Transform): Cap {
+    const key = transformKey(transform);
+    let cap = this.#pipelines.get(key);
+    if (cap === undefined) {
+      if (this.#root !== undefined) {
+        return capabilityAt(this.#root, transform);
+      }
+      if (this.#error !== undefined) return new BrokenCap(this.#error);
+      cap = new PipelineCap(this, [...transform]);
+      this.#pipelines.set(key, cap);
+    }
+    return cap;
+  }
+
+  /** The bootstrap capability: a pipeline the caller owns, which drops
+   * the import it settles to when closed. */
+  bootstrapCap(): PipelineCap {
+    const cap = new PipelineCap(this, [], true);
+    this.#pipelines.set("", cap);
+    return cap;
+  }
+
+  fulfill(root: $.Pointer): void {
+    this.#root = root;
+    for (const cap of this.#pipelines.values()) {
+      cap.settle(capabilityAt(root, cap.transform));
+    }
+    this.#resolve(root);
+  }
+
+  fail(error: RpcError): void {
+    if (this.#root !== undefined || this.#error !== undefined) return;
+    this.#error = error;
+    for (const cap of this.#pipelines.values()) {
+      cap.settle(new BrokenCap(error));
+    }
+    this.#reject(error);
+  }
+}
+
+function closeAll(clients: readonly ($.Client | null)[]): void {
+  for (const client of clients) client?.close();
+}
+
+function writePromisedAnswer(
+  promised: rpc.PromisedAnswer,
+  questionId: number,
+  transform: Transform,
+): void {
+  promised.questionId = questionId;
+  if (transform.length === 0) return;
+  const ops = promised._initTransform(transform.length);
+  for (let i = 0; i < transform.length; i++) {
+    ops.get(i).getPointerField = transform[i].field;
+  }
+}
+
+/** A capability the peer exports, named by its export ID there. */
+class ImportCap extends Cap {
+  constructor(
+    readonly conn: RpcConnection,
+    readonly importId: number,
+    readonly ticket: ImportTicket,
+  ) {
+    super();
+  }
+
+  #broken: RpcError | undefined;
+
+  get connection(): object | undefined {
+    return this.conn;
+  }
+
+  get released(): boolean {
+    return this.ticket.counter.released;
+  }
+
+  writeTarget(target: rpc.MessageTarget): void {
+    target.importedCap = this.importId;
+  }
+
+  protected deliver(call: AnyCall): Ans {
+    if (this.#broken !== undefined) return new BrokenAnswer(this.#broken);
+    return this.conn.sendCall((t) => this.writeTarget(t), call);
+  }
+
+  disconnect(error: RpcError): void {
+    this.#broken = error;
+    this.ticket.counter.released = true;
+  }
+
+  protected dispose(): void {
+    this.conn.releaseImport(this);
+  }
+}
+
+/** An import the peer marked as a promise: it may send Resolve for it. */
+class PromiseImportCap extends ImportCap {
+  #target: Cap | undefined;
+  #called = false;
+  readonly #settled: Promise<Cap>;
+  #settle!: (cap: Cap) => void;
+
+  constructor(conn: RpcConnection, id: number, ticket: ImportTicket) {
+    super(conn, id, ticket);
+    this.#settled = new Promise((resolve) => this.#settle = resolve);
+  }
+
+  protected deliver(call: AnyCall): Ans {
+    if (this.#target !== undefined) return this.#target.send(call);
+    this.#called = true;
+    return super.deliver(call);
+  }
+
+  settle(resolution: Cap): void {
+    if (this.#target !== undefined) {
+      resolution.close();
+      return;
+    }
+    const final = shorten(resolution);
+    this.#target = this.#called && final.connection !== this.conn &&
+        !(final instanceof BrokenCap)
+      ? this.conn.embargo((t) => this.writeTarget(t), resolution, () => {})
+      : resolution;
+    this.#settle(this.#target);
+  }
+
+  disconnect(error: RpcError): void {
+    super.disconnect(error);
+    if (this.#target === undefined) this.settle(new BrokenCap(error));
+  }
+
+  resolved(): Cap | undefined {
+    return this.#target;
+  }
+
+  whenResolved(): Promise<Cap> | undefined {
+    return this.#target === undefined ? this.#settled : undefined;
+  }
+}
+
+/** A capability at a path of a question's results, before they arrive. */
+class PipelineCap extends Cap {
+  #target: Cap | undefined;
+  #called = false;
+  readonly #settled: Promise<Cap>;
+  #settle!: (cap: Cap) => void;
+
+  #closed = false;
+
+  constructor(
+    readonly question: Question,
+    readonly transform: Transform,
+    readonly ownsTarget = false,
+  ) {
+    super();
+    this.#settled = new Promise((resolve) => this.#settle = resolve);
+  }
+
+  get connection(): object | undefined {
+    return this.question.connection;
+  }
+
+  writeTarget(target: rpc.MessageTarget): void {
+    writePromisedAnswer(
+      target._initPromisedAnswer(),
+      this.question.id,
+      this.transform,
+    );
+  }
+
+  protected deliver(call: AnyCall): Ans {
+    if (this.#target !== undefined) return this.#target.send(call);
+    this.#called = true;
+    return this.question.connection.sendCall(
+      (t) => this.writeTarget(t),
+      call,
+    );
+  }
+
+  settle(resolution: Cap): void {
+    if (this.#target !== undefined) return;
+    const question = this.question;
+    const final = shorten(resolution);
+    if (
+      this.#called && final.connection !== question.connection &&
+      !(final instanceof BrokenCap)
+    ) {
+      question.pendingEmbargoes++;
+      this.#target = question.connection.embargo(
+        (t) => this.writeTarget(t),
+        resolution,
+        () => {
+          question.pendingEmbargoes--;
+          question.connection.maybeFinish(question);
+        },
+      );
+    } else {
+      this.#target = resolution;
+    }
+    if (this.ownsTarget && this.#closed) resolution.close();
+    this.#settle(this.#target);
+  }
+
+  protected dispose(): void {
+    this.#closed = true;
+    if (this.ownsTarget && this.#target !== undefined) {
+      // The bootstrap import is what the caller owned through this cap.
+      const resolved = shorten(this.#target);
+      resolved.close();
+    }
+  }
+
+  resolved(): Cap | undefined {
+    return this.#target;
+  }
+
+  whenResolved(): Promise<Cap> | undefined {
+    return this.#target === undefined ? this.#settled : undefined;
+  }
+}
+
+function writeException(exception: rpc.Exception, error: RpcError): void {
+  exception.reason = error.message;
+  exception.type = EXCEPTION_TYPE_CODES[error.type] as rpc.Exception_Type;
+}
+
+function readException(
+  exception: rpc.Exception,
+): { type: RpcError["type"]; message: string } {
+  return { type: exceptionTypeName(exception.type), message: exception.reason };
+}
+
+export { ImportCap, PipelineCap, Question };

@@ -1,0 +1,212 @@
+/**
+ * Blackrock's Cap'n Proto RPC engine: how every role and grain talks.
+ *
+ * Schemas are compiled by `bash tasks/codegen.sh` (capnp-es) into
+ * `proto/gen/`. For an interface `Calc` the generated module gives
+ * `Calc.Client` (typed methods that return a promise-like object which
+ * pipelines) and `Calc.Server` (takes an object with one async method per
+ * schema method, each `(params, results) => Promise<void>`, params and
+ * results being the generated `Calc_Add$Params` / `Calc_Add$Results`
+ * classes). This module connects them across vats:
+ *
+ * - {@link serve} turns a server object into a capability ({@link Cap}).
+ * - {@link RpcConnection} runs the protocol over any
+ *   {@link MessageConnection}: the stream transport here
+ *   ({@link connectTcp}, {@link connectUnix}, {@link listenTcp},
+ *   {@link listenUnix}, {@link openFd}) or the sealed UDP network.
+ * - {@link bootstrap} gives a typed client of the peer's bootstrap.
+ * - Capabilities cross in params and results in both directions; a
+ *   client's `.client.close()` (or {@link release}) drops the reference and
+ *   the peer is told (Release). Capabilities a server receives in params
+ *   are released when the call returns unless it keeps them with
+ *   {@link retain}.
+ * - Errors are {@link RpcError} with `type` one of `failed`, `overloaded`,
+ *   `disconnected`, `unimplemented`.
+ *
+ * Ownership: capabilities written into params are lent (the caller keeps
+ * its reference); capabilities written into results are handed over with
+ * them; a capability read from results (or pipelined from them) is one
+ * reference the caller closes once.
+ *
+ * @example Serve a capability over TCP and call it with pipelining
+ * ```ts
+ * import * as rpc from "./mod.ts";
+ * import { Counter, TestHost } from "../../proto/gen/rpc_test.ts";
+ *
+ * // The server side: implement the generated interface (methods not
+ * // given here answer `unimplemented`).
+ * const host = rpc.serve(TestHost, {
+ *   async add(params, results) {
+ *     results.sum = params.a + params.b;
+ *   },
+ *   async newCounter(params, results) {
+ *     let value = params.start;
+ *     results.counter = new Counter.Client(rpc.serve(Counter, {
+ *       async increment(p, r) {
+ *         value += p.by;
+ *         r.value = value;
+ *       },
+ *     }));
+ *   },
+ * } as rpc.ServerOf<typeof TestHost>);
+ * const listener = rpc.listenTcp({ hostname: "127.0.0.1", port: 0 });
+ * const accepted = listener.accept().then((transport) =>
+ *   new rpc.RpcConnection(transport, { bootstrap: host })
+ * );
+ *
+ * // The client side: a typed client of the peer's bootstrap.
+ * const connection = new rpc.RpcConnection(
+ *   await rpc.connectTcp({ hostname: "127.0.0.1", port: listener.port }),
+ * );
+ * const remote = rpc.bootstrap(connection, TestHost);
+ * const sum = await remote.add((p) => {
+ *   p.a = 2;
+ *   p.b = 3;
+ * }).promise();
+ * console.assert(sum.sum === 5);
+ *
+ * // Pipelining: call the counter before newCounter has returned.
+ * const counter = remote.newCounter((p) => p.start = 10).getCounter();
+ * const next = await counter.increment((p) => p.by = 1).promise();
+ * console.assert(next.value === 11);
+ *
+ * rpc.release(counter);
+ * rpc.release(remote);
+ * connection.close();
+ * (await accepted).close();
+ * listener.close();
+ * host.close();
+ * ```
+ *
+ * @module
+ */
+
+import * as $ from "capnp-es";
+import { Cap, LocalCap, toCap } from "./capability.ts";
+import type { RpcConnection } from "./connection.ts";
+
+export { Ans, BrokenCap, Cap, LocalCap, PromiseCap } from "./capability.ts";
+export {
+  type ConnectionLimits,
+  type ConnectionOptions,
+  DEFAULT_LIMITS,
+  RpcConnection,
+} from "./connection.ts";
+export {
+  RpcError,
+  type RpcErrorType,
+  RpcProtocolError,
+  toRpcError,
+} from "./errors.ts";
+export { RpcMetrics, rpcMetrics } from "./metrics.ts";
+export { memoryPipe } from "./memory.ts";
+export {
+  type ByteStream,
+  connectTcp,
+  connectUnix,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  FrameError,
+  frameLength,
+  listenTcp,
+  listenUnix,
+  StreamConnection,
+  StreamListener,
+  type StreamOptions,
+  type TcpAddress,
+} from "./stream.ts";
+export { openFd } from "./fd_stream.ts";
+export {
+  type MessageConnection,
+  TransportClosedError,
+  type VatNetwork,
+} from "./transport.ts";
+
+/** What generated interface classes (`Foo`) offer: a Server class taking
+ * the implementation and a Client class wrapping a capability. */
+export interface InterfaceClass<Target, Client> {
+  readonly Server: new (target: Target) => $.Server;
+  readonly Client: new (client: $.Client) => Client;
+}
+
+/** The implementation type a generated interface's Server takes. */
+export type ServerOf<I> = I extends
+  { readonly Server: new (target: infer T) => $.Server } ? T : never;
+
+/**
+ * Serves `target` as a capability of interface `iface`. `target` has one
+ * async method per schema method, `(params, results) => Promise<void>`;
+ * throwing an {@link RpcError} sends that error type to the caller, any
+ * other error is sent as `failed`. The caller owns the returned reference.
+ *
+ * @example
+ * ```ts
+ * import { serve } from "./mod.ts";
+ * import { Counter } from "../../proto/gen/rpc_test.ts";
+ * let value = 0;
+ * const cap = serve(Counter, {
+ *   async increment(p, r) {
+ *     value += p.by;
+ *     r.value = value;
+ *   },
+ * });
+ * const counter = new Counter.Client(cap);
+ * const result = await counter.increment((p) => p.by = 42).promise();
+ * console.assert(result.value === 42);
+ * cap.close();
+ * ```
+ */
+export function serve<Target, Client>(
+  iface: InterfaceClass<Target, Client>,
+  target: Target,
+  onClose?: () => void,
+): Cap {
+  return new LocalCap([new iface.Server(target)], onClose);
+}
+
+/**
+ * Serves one object under several interfaces (for example an interface
+ * and the standard `Persistent`): pass one generated Server per interface.
+ */
+export function serveAll(
+  servers: readonly $.Server[],
+  onClose?: () => void,
+): Cap {
+  return new LocalCap(servers, onClose);
+}
+
+/**
+ * The peer's bootstrap capability as a typed client; usable at once. The
+ * caller owns it: {@link release} it when done.
+ */
+export function bootstrap<Client>(
+  connection: RpcConnection,
+  iface: { readonly Client: new (client: $.Client) => Client },
+): Client {
+  return new iface.Client(connection.bootstrap());
+}
+
+/**
+ * Another reference to the capability behind a generated client, to keep
+ * beyond the call that delivered it (params caps are released when the
+ * call returns). Release it with {@link release}.
+ */
+export function retain<Client extends { client: $.Client }>(
+  client: Client,
+): Client {
+  const cap = toCap(client.client).addRef();
+  const ctor = client.constructor as new (client: $.Client) => Client;
+  return new ctor(cap);
+}
+
+/** Drops the reference a generated client holds. */
+export function release(client: { client: $.Client }): void {
+  client.client.close();
+}
+
+/** The engine's Cap behind a generated client (or a capnp-es client). */
+export function capOf(client: { client: $.Client } | $.Client): Cap {
+  const inner = typeof (client as $.Client).call === "function"
+    ? client as $.Client
+    : (client as { client: $.Client }).client;
+  return inner instanceof Cap ? inner : toCap(inner);
+}

@@ -1,0 +1,86 @@
+// Server methods must return promises (the generated Target type).
+// deno-lint-ignore-file require-await
+/**
+ * A TestHost (proto/rpc_test.capnp) served by this engine: the Deno side
+ * of the RPC tests, the interop tests and the benchmark.
+ *
+ * @module
+ */
+
+import {
+  Counter,
+  TestHost,
+  type TestHost$Server$Target,
+} from "../../../proto/gen/rpc_test.ts";
+import { RpcError, type RpcErrorType } from "../errors.ts";
+import { type Cap, retain, serve } from "../mod.ts";
+
+/** A served TestHost and what tests observe of it. */
+export interface TestHostState {
+  cap: Cap;
+  /** Counters made by newCounter and not yet released. */
+  live: () => number;
+  /** Counters held by holdCounter. */
+  held: InstanceType<typeof Counter.Client>[];
+}
+
+/** Serves a counter starting at `start`; `onClose` runs when released. */
+export function serveCounter(start: number, onClose?: () => void): Cap {
+  let value = start;
+  return serve(Counter, {
+    async increment(params, results) {
+      value += params.by;
+      results.value = value;
+    },
+  }, onClose);
+}
+
+/** Serves a fresh TestHost. */
+export function serveTestHost(): TestHostState {
+  let live = 0;
+  const held: InstanceType<typeof Counter.Client>[] = [];
+  const state = {} as TestHostState;
+  const target: TestHost$Server$Target = {
+    async add(params, results) {
+      results.sum = params.a + params.b;
+    },
+    async newCounter(params, results) {
+      live++;
+      // A capability put in results is handed over with them.
+      results.counter = new Counter.Client(
+        serveCounter(params.start, () => live--),
+      );
+    },
+    async useCounter(params, results) {
+      const reply = await params.counter.increment((p) => {
+        p.by = params.by;
+      }).promise();
+      results.value = reply.value;
+    },
+    async holdCounter(params) {
+      held.push(retain(params.counter));
+    },
+    async dropHeld() {
+      for (const counter of held.splice(0)) counter.client.close();
+    },
+    async liveCounters(_params, results) {
+      results.count = live;
+    },
+    async fail(params) {
+      throw new RpcError(params.kind as RpcErrorType, `asked to fail`);
+    },
+    async echo(params, results) {
+      results.data = params.data;
+    },
+    async bounce(params, results) {
+      results.counter = retain(params.counter);
+    },
+    async self(_params, results) {
+      results.host = retain(new TestHost.Client(state.cap));
+    },
+  };
+  state.cap = serve(TestHost, target);
+  state.live = () => live;
+  state.held = held;
+  return state;
+}
