@@ -32,14 +32,29 @@ struct WorkerLoad {
   suspiciousGrains @7 :UInt32;
 }
 
-interface Coordinator {
-  openGrain @0 (grainId :Text, needs :GrainNeeds) -> (placement :GrainPlacement);
-  # Where the grain runs, starting it on the least-loaded worker first if
-  # it does not run on a live one.
+interface GrainHost {
+  # Served by each worker to the coordinators.
 
-  heartbeat @1 (workerId :Text, load :WorkerLoad) -> ();
-  # Each worker calls every coordinator about once a second; a worker
-  # silent for the heartbeat timeout is dead and its grains move.
+  startGrain @0 (grainId :Text, epoch :UInt64, needs :GrainNeeds, spec :Data) -> ();
+  # Starts the grain (or confirms it runs) at this epoch. The worker takes
+  # the grain's volume lease at the epoch before it answers. `spec` is what
+  # the shell gave openGrain, passed on untouched.
+
+  stopGrain @1 (grainId :Text) -> ();
+  # Flushes the grain's volume and stops it.
+}
+
+interface Coordinator {
+  openGrain @0 (grainId :Text, needs :GrainNeeds, spec :Data) -> (placement :GrainPlacement);
+  # Where the grain runs, starting it on the least-loaded worker first if
+  # it does not run on a live one. `spec` (what the worker needs to start
+  # the grain: package, volume, owner) is kept with the grain's record so
+  # that a restart elsewhere after a failure has it too.
+
+  heartbeat @1 (workerId :Text, load :WorkerLoad, host :GrainHost) -> ();
+  # Each worker calls every coordinator about once a second with its load
+  # and its GrainHost; a worker silent for the heartbeat timeout is dead
+  # and its grains move.
 
   drainWorker @2 (workerId :Text) -> (moved :UInt32);
   # Moves every grain off a worker that is about to leave the cluster.

@@ -34,15 +34,24 @@ export interface GrainRecord {
   /** Grows by one each time the grain is (re)started anywhere. */
   epoch: number;
   needs: GrainNeeds;
+  /** What the worker needs to start the grain, base64, passed through. */
+  spec: string;
 }
 
 /** How a coordinator reaches one worker. Over RPC in the cluster. */
 export interface WorkerHandle {
   /** Starts (or confirms) the grain at this epoch; the worker takes the
    * grain's volume lease at that epoch before answering. */
-  startGrain(grainId: string, epoch: number, needs: GrainNeeds): Promise<void>;
+  startGrain(
+    grainId: string,
+    epoch: number,
+    needs: GrainNeeds,
+    spec: Uint8Array,
+  ): Promise<void>;
   /** Stops the grain after flushing its volume. */
   stopGrain(grainId: string): Promise<void>;
+  /** Drops the handle (an RPC reference) when the worker is forgotten. */
+  close?(): void;
 }
 
 /** A heartbeat as a worker sends it to every coordinator. */
@@ -55,8 +64,8 @@ export interface Heartbeat {
 /** Options of {@link Coordinator}. */
 export interface CoordinatorOptions {
   state: SharedStateStore;
-  /** Turns a worker ID into a handle (an RPC client in the cluster). */
-  connect(workerId: string): WorkerHandle;
+  /** Makes a handle for a worker whose heartbeat brought none. */
+  connect?(workerId: string): WorkerHandle;
   log: Logger;
   /** A worker silent for this long is dead. */
   heartbeatTimeoutMs?: number;
@@ -85,6 +94,16 @@ function decodeRecord(bytes: Uint8Array): GrainRecord {
   return record;
 }
 
+function encodeBase64(bytes: Uint8Array): string {
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text);
+}
+
+function decodeBase64(text: string): Uint8Array {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
 function checkGrainId(grainId: string): void {
   if (!/^[A-Za-z0-9_-]{1,128}$/.test(grainId)) {
     throw new RangeError(
@@ -104,7 +123,7 @@ interface WorkerState {
 /** The placement half of the coordinator role. */
 export class Coordinator {
   readonly #state: SharedStateStore;
-  readonly #connect: (workerId: string) => WorkerHandle;
+  readonly #connect: ((workerId: string) => WorkerHandle) | undefined;
   readonly #log: Logger;
   readonly #timeoutMs: number;
   readonly #now: () => number;
@@ -123,12 +142,18 @@ export class Coordinator {
   }
 
   /** Records a worker's heartbeat; the first one makes it eligible. */
-  heartbeat(beat: Heartbeat): void {
+  heartbeat(beat: Heartbeat, handle?: WorkerHandle): void {
     const known = this.#workers.get(beat.workerId);
     if (known === undefined) {
+      const resolved = handle ?? this.#connect?.(beat.workerId);
+      if (resolved === undefined) {
+        throw new RangeError(
+          `worker ${beat.workerId} sent no handle and none can be made`,
+        );
+      }
       this.#workers.set(beat.workerId, {
         lastHeartbeatMs: this.#now(),
-        handle: this.#connect(beat.workerId),
+        handle: resolved,
         draining: false,
       });
       this.#placement.addWorker(beat.workerId, beat.capacity, beat.load);
@@ -136,6 +161,11 @@ export class Coordinator {
       return;
     }
     known.lastHeartbeatMs = this.#now();
+    if (handle !== undefined && handle !== known.handle) {
+      // A restarted worker process brings a new handle.
+      known.handle.close?.();
+      known.handle = handle;
+    }
     if (known.draining) return;
     if (this.#placement.has(beat.workerId)) {
       this.#placement.updateLoad(beat.workerId, beat.load);
@@ -168,7 +198,11 @@ export class Coordinator {
    * at any time: losing a compare-and-set means another coordinator moved
    * the grain, and the loop then looks again.
    */
-  async openGrain(grainId: string, needs: GrainNeeds): Promise<GrainRecord> {
+  async openGrain(
+    grainId: string,
+    needs: GrainNeeds,
+    spec: Uint8Array = new Uint8Array(),
+  ): Promise<GrainRecord> {
     checkGrainId(grainId);
     const key = GRAIN_PREFIX + grainId;
     const failed = new Set<string>();
@@ -187,6 +221,7 @@ export class Coordinator {
         workerId,
         epoch: (current?.epoch ?? 0) + 1,
         needs: current?.needs ?? needs,
+        spec: current?.spec ?? encodeBase64(spec),
       };
       const result = await this.#state.compareAndSet(
         key,
@@ -202,6 +237,7 @@ export class Coordinator {
           grainId,
           record.epoch,
           record.needs,
+          decodeBase64(record.spec),
         );
       } catch (error) {
         this.#log.warn("grain-start-failed", {
@@ -238,6 +274,7 @@ export class Coordinator {
       if (now - worker.lastHeartbeatMs > this.#timeoutMs) dead.push(id);
     }
     for (const id of dead) {
+      this.#workers.get(id)!.handle.close?.();
       this.#workers.delete(id);
       this.#placement.removeWorker(id);
       this.#log.warn("worker-dead", { worker: id });
@@ -284,6 +321,7 @@ export class Coordinator {
 
   /** Forgets a worker that was drained and left. */
   forgetWorker(workerId: string): void {
+    this.#workers.get(workerId)?.handle.close?.();
     this.#workers.delete(workerId);
     this.#placement.removeWorker(workerId);
   }
@@ -291,7 +329,11 @@ export class Coordinator {
   async #restartAll(records: GrainRecord[]): Promise<GrainRecord[]> {
     const moved = await Promise.all(records.map(async (record) => {
       try {
-        return await this.openGrain(record.grainId, record.needs);
+        return await this.openGrain(
+          record.grainId,
+          record.needs,
+          decodeBase64(record.spec),
+        );
       } catch (error) {
         this.#log.error("grain-restart-failed", {
           grain: record.grainId,

@@ -17,19 +17,34 @@ const quiet = new Logger({ role: "coordinator", level: "error" });
 /** Records grain starts and stops per worker; can be told to fail. */
 class RecordingWorkers {
   readonly running = new Map<string, Map<string, number>>();
-  readonly starts: { grain: string; worker: string; epoch: number }[] = [];
+  readonly starts: {
+    grain: string;
+    worker: string;
+    epoch: number;
+    spec: string;
+  }[] = [];
   readonly failing = new Set<string>();
 
   handle(workerId: string): WorkerHandle {
     const grains = this.running.get(workerId) ?? new Map<string, number>();
     this.running.set(workerId, grains);
     return {
-      startGrain: (grainId: string, epoch: number, _needs: GrainNeeds) => {
+      startGrain: (
+        grainId: string,
+        epoch: number,
+        _needs: GrainNeeds,
+        spec: Uint8Array,
+      ) => {
         if (this.failing.has(workerId)) {
           return Promise.reject(new Error(`${workerId} is broken`));
         }
         grains.set(grainId, epoch);
-        this.starts.push({ grain: grainId, worker: workerId, epoch });
+        this.starts.push({
+          grain: grainId,
+          worker: workerId,
+          epoch,
+          spec: new TextDecoder().decode(spec),
+        });
         return Promise.resolve();
       },
       stopGrain: (grainId: string) => {
@@ -146,8 +161,9 @@ Deno.test("a dead worker's grains restart elsewhere exactly once", async () => {
     const a = f.coordinator();
     const b = f.coordinator();
     f.beat([a, b], ["w1", "w2", "w3"]);
+    const spec = (i: number) => new TextEncoder().encode(`volume-of-g${i}`);
     for (let i = 0; i < 12; i++) {
-      await (i % 2 ? a : b).openGrain(`g${i}`, needs);
+      await (i % 2 ? a : b).openGrain(`g${i}`, needs, spec(i));
     }
     const onW1 = [...f.workers.running.get("w1")!.keys()];
     assert.ok(onW1.length > 0);
@@ -167,6 +183,8 @@ Deno.test("a dead worker's grains restart elsewhere exactly once", async () => {
       const record = await a.locate(grain);
       assert.equal(record!.workerId, host);
       assert.equal(record!.epoch, 2, "moved once, not once per coordinator");
+      const restart = f.workers.starts.findLast((s) => s.grain === grain)!;
+      assert.equal(restart.spec, `volume-of-${grain}`);
     }
     assert.equal(f.workers.starts.length, 12 + onW1.length);
   } finally {
