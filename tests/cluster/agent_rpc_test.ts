@@ -1,0 +1,112 @@
+// The master and agents talking over real RPC on loopback TCP
+// (proto/agent.capnp), with agents supervising real role processes.
+import assert from "node:assert/strict";
+import { Logger } from "../../services/runtime/log.ts";
+import { Agent, type RoleCatalogue } from "../../services/agent/agent.ts";
+import { listenControl } from "../../services/agent/control.ts";
+import { Master } from "../../services/master/master.ts";
+import {
+  parseAddress,
+  RpcAgentLink,
+} from "../../services/master/agent_client.ts";
+
+const quiet = (role: string) => new Logger({ role, level: "error" });
+const testRole = new URL("./testdata/test_role.ts", import.meta.url).pathname;
+const GiB = 2 ** 30;
+
+const catalogue: RoleCatalogue = Object.fromEntries(
+  (["coordinator", "storage", "worker", "gateway", "shell"] as const).map((
+    role,
+    i,
+  ) => [role, {
+    entry: testRole,
+    port: 7100 + i,
+    permissions: (c) => ({ read: [c.roleDir], write: [c.roleDir] }),
+    overrides: (c) => [
+      `roleDir=${c.roleDir}`,
+      `vatKeyFile=${c.vatKeyFile}`,
+      `directoryFile=${c.directoryFile}`,
+    ],
+  }]),
+);
+
+Deno.test("the master assigns roles and spreads the directory over RPC", async () => {
+  const root = await Deno.makeTempDir({ prefix: "agent-rpc-test-" });
+  const agents: Agent[] = [];
+  const listeners: { close(): void }[] = [];
+  const link = new RpcAgentLink();
+  try {
+    const master = new Master({ link, log: quiet("master") });
+    for (const [name, memory, disk] of [["a", 8, 4000], ["b", 64, 100]]) {
+      const agent = await Agent.start({
+        machine: name as string,
+        stateDir: `${root}/${name}`,
+        address: "127.0.0.1",
+        catalogue,
+        log: quiet("agent"),
+        claimedSpecs: {
+          memoryBytes: (memory as number) * GiB,
+          diskBytes: (disk as number) * GiB,
+        },
+        roleOutput: "null",
+      });
+      agents.push(agent);
+      const control = listenControl(
+        agent,
+        { hostname: "127.0.0.1", port: 0 },
+        quiet("agent"),
+      );
+      listeners.push(control);
+      master.addMachine({
+        name: name as string,
+        agentAddress: `127.0.0.1:${control.port}`,
+      });
+    }
+    assert.deepEqual((await master.tick()).sort(), ["a", "b"]);
+    const roles = agents.map((a) => a.report().roles.map((r) => r.role));
+    assert.deepEqual(roles[0], ["storage", "coordinator"]);
+    assert.deepEqual(roles[1], ["coordinator", "gateway", "shell", "worker"]);
+
+    const status = master.status().machines;
+    assert.equal(status[0].report!.specs.diskBytes, 4000 * GiB);
+    assert.equal(status[0].report!.vatId, agents[0].vatId);
+
+    const directory = JSON.parse(
+      await Deno.readTextFile(agents[1].directoryFile),
+    );
+    assert.equal(directory.vats.length, 6);
+    const storage = directory.vats.find((v: { role: string }) =>
+      v.role === "storage"
+    );
+    assert.equal(storage.machine, "a");
+    assert.deepEqual(storage.zones, ["storage"]);
+    assert.equal(storage.address, "127.0.0.1:7101");
+    assert.equal(storage.vatId, agents[0].report().roles[0].vatId);
+
+    // An assignment the agent refuses comes back as an RPC error.
+    await assert.rejects(
+      link.assign(
+        { name: "a", agentAddress: master.status().machines[0].agentAddress },
+        { version: 0, roles: [] },
+      ),
+      /older/,
+    );
+    // The connection survives a refused call.
+    assert.deepEqual(await master.tick(), []);
+  } finally {
+    link.close();
+    for (const listener of listeners) listener.close();
+    for (const agent of agents) await agent.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("agent addresses are parsed or refused", () => {
+  assert.deepEqual(parseAddress("10.77.0.3:7000"), {
+    hostname: "10.77.0.3",
+    port: 7000,
+  });
+  assert.deepEqual(parseAddress("[::1]:7000"), { hostname: "::1", port: 7000 });
+  assert.throws(() => parseAddress("10.77.0.3"), /host:port/);
+  assert.throws(() => parseAddress("h:99999"), /host:port/);
+});
