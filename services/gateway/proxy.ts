@@ -1,0 +1,323 @@
+/**
+ * The gateway service: routes the main hostname to a live shell replica
+ * and each grain hostname to that grain session's web session, WebSockets
+ * included, and keeps the list of shells that registered.
+ *
+ * A grain hostname is `<label>.<grain suffix>`; the label names one web
+ * session. The gateway asks a shell where the label goes and keeps the
+ * answer for a few seconds, so a deleted grain or expired session stops
+ * answering within that time. A session that may not write (a viewer's
+ * share link) gets 403 for every method but GET, HEAD and OPTIONS, on top
+ * of the permissions the app is told in `X-Sandstorm-Permissions`.
+ *
+ * @module
+ */
+import type { Logger } from "../runtime/log.ts";
+
+/** Where a grain session's requests go, as a shell answered. */
+export interface GrainRoute {
+  backend: string;
+  grainId: string;
+  canWrite: boolean;
+  expiresAt: number;
+  userId: string;
+  userName: string;
+}
+
+/** Options of {@link Gateway}. */
+export interface GatewayOptions {
+  /** Main hostname with port as browsers send it, "localhost:8443". */
+  mainHost: string;
+  /** Grain hostnames end with "." + this (with port). */
+  grainHostSuffix: string;
+  /** Public URL of the shell, allowed to frame grains. */
+  shellOrigin: string;
+  token: string;
+  log: Logger;
+  /** A shell not heard from for this long is dropped. */
+  shellTimeoutMs?: number;
+  routeCacheMs?: number;
+  /** Called when the set of live shells changes. */
+  onShellsChanged?: (addresses: string[]) => void;
+}
+
+const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "trailer",
+];
+const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+const LABEL = /^[0-9a-v]{26}$/;
+
+function text(body: string, status: number): Response {
+  return new Response(body + "\n", {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+  });
+}
+
+/** The routing core; `handle` serves the proxy port, `control` the port
+ * where shells register. */
+export class Gateway {
+  readonly #options: GatewayOptions;
+  readonly #shells = new Map<string, { address: string; seenAt: number }>();
+  readonly #routes = new Map<string, { route: GrainRoute; at: number }>();
+  #next = 0;
+  #lastList = "";
+
+  constructor(options: GatewayOptions) {
+    this.#options = options;
+  }
+
+  /** Live shell addresses, sorted. */
+  shells(): string[] {
+    const timeout = this.#options.shellTimeoutMs ?? 6000;
+    const now = Date.now();
+    for (const [id, shell] of this.#shells) {
+      if (now - shell.seenAt > timeout) this.#shells.delete(id);
+    }
+    return [...new Set([...this.#shells.values()].map((s) => s.address))]
+      .sort();
+  }
+
+  /** Drops shells that stopped calling in and reports any change. */
+  sweep(): void {
+    const list = this.shells();
+    const key = list.join(",");
+    if (key !== this.#lastList) {
+      this.#lastList = key;
+      this.#options.log.info("shells-changed", { shells: list });
+      this.#options.onShellsChanged?.(list);
+    }
+  }
+
+  /** The control API: PUT/DELETE /shells/{id} with a bearer token. */
+  async control(request: Request): Promise<Response> {
+    if (
+      request.headers.get("authorization") !== `Bearer ${this.#options.token}`
+    ) {
+      return text("bad token", 401);
+    }
+    const match = /^\/shells\/([A-Za-z0-9_-]{1,64})$/.exec(
+      new URL(request.url).pathname,
+    );
+    if (match === null) return text("not found", 404);
+    if (request.method === "DELETE") {
+      this.#shells.delete(match[1]);
+      this.sweep();
+      return text("removed", 200);
+    }
+    if (request.method !== "PUT") return text("use PUT or DELETE", 405);
+    let address: unknown;
+    try {
+      address = (await request.json()).address;
+    } catch {
+      return text("body must be JSON", 400);
+    }
+    if (
+      typeof address !== "string" || !/^[0-9A-Za-z.\-]+:\d{1,5}$/.test(address)
+    ) {
+      return text("address must be host:port", 400);
+    }
+    this.#shells.set(match[1], { address, seenAt: Date.now() });
+    this.sweep();
+    return text("ok", 200);
+  }
+
+  /** Serves one request arriving from nginx. */
+  async handle(request: Request): Promise<Response> {
+    const host = (request.headers.get("host") ?? "").toLowerCase();
+    try {
+      if (host === this.#options.mainHost) return await this.#toShell(request);
+      const suffix = "." + this.#options.grainHostSuffix;
+      if (host.endsWith(suffix)) {
+        const label = host.slice(0, -suffix.length);
+        if (LABEL.test(label)) return await this.#toGrain(request, label);
+      }
+      return text(`unknown host ${host}`, 404);
+    } catch (error) {
+      this.#options.log.warn("proxy-failed", { host, error });
+      return text("the service behind this address is not answering", 502);
+    }
+  }
+
+  /** Forwards to shells in turn, trying the next one if one is down. */
+  async #toShell(request: Request): Promise<Response> {
+    const shells = this.shells();
+    if (shells.length === 0) return text("no shell is running", 503);
+    const url = new URL(request.url);
+    // A body can be sent once; only bodiless requests are retried.
+    const attempts = request.body === null ? shells.length : 1;
+    let lastError: unknown;
+    for (let i = 0; i < attempts; i++) {
+      const address = shells[this.#next++ % shells.length];
+      try {
+        return await forward(
+          request,
+          `http://${address}${url.pathname}${url.search}`,
+          {},
+        );
+      } catch (error) {
+        lastError = error;
+      }
+    }
+    throw lastError;
+  }
+
+  async #route(label: string): Promise<GrainRoute | undefined> {
+    const cacheMs = this.#options.routeCacheMs ?? 5000;
+    const cached = this.#routes.get(label);
+    const now = Date.now();
+    if (cached !== undefined && now - cached.at < cacheMs) {
+      return cached.route.expiresAt > now ? cached.route : undefined;
+    }
+    for (const address of this.shells()) {
+      let response: Response;
+      try {
+        response = await fetch(
+          `http://${address}/_blackrock/route?host=${label}`,
+          { headers: { authorization: `Bearer ${this.#options.token}` } },
+        );
+      } catch {
+        continue;
+      }
+      if (response.status === 404) {
+        await response.body?.cancel();
+        this.#routes.delete(label);
+        return undefined;
+      }
+      if (!response.ok) {
+        await response.body?.cancel();
+        continue;
+      }
+      const route = await response.json() as GrainRoute;
+      if (this.#routes.size > 10_000) this.#routes.clear();
+      this.#routes.set(label, { route, at: now });
+      return route;
+    }
+    throw new Error("no shell answered the route lookup");
+  }
+
+  async #toGrain(request: Request, label: string): Promise<Response> {
+    const route = await this.#route(label);
+    if (route === undefined) {
+      return text(
+        "This grain session has expired or was closed. Open the grain again from Blackrock.",
+        404,
+      );
+    }
+    if (!route.canWrite && !READ_METHODS.has(request.method)) {
+      return text("This link only lets you view this grain.", 403);
+    }
+    const url = new URL(request.url);
+    const target = `${
+      route.backend.replace(/\/$/, "")
+    }${url.pathname}${url.search}`;
+    const extra = {
+      "x-sandstorm-permissions": route.canWrite ? "write,view" : "view",
+      "x-sandstorm-user-id": route.userId,
+      "x-sandstorm-username": encodeURIComponent(route.userName),
+      "x-sandstorm-grain-id": route.grainId,
+    };
+    if (request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      return proxyWebSocket(request, target, extra);
+    }
+    const response = await forward(request, target, extra);
+    const headers = new Headers(response.headers);
+    if (!headers.has("content-security-policy")) {
+      headers.set(
+        "content-security-policy",
+        `frame-ancestors ${this.#options.shellOrigin}`,
+      );
+    }
+    return new Response(response.body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers,
+    });
+  }
+}
+
+/** Sends `request` to `target` and returns the answer unchanged except
+ * for hop-by-hop headers. */
+async function forward(
+  request: Request,
+  target: string,
+  extra: Record<string, string>,
+): Promise<Response> {
+  const headers = new Headers(request.headers);
+  for (const name of HOP_BY_HOP) headers.delete(name);
+  for (const name of [...headers.keys()]) {
+    if (name.startsWith("x-sandstorm-")) headers.delete(name);
+  }
+  for (const [name, value] of Object.entries(extra)) headers.set(name, value);
+  // Bodies pass through as they are; the upstream must not compress what
+  // fetch would then decompress behind the client's back.
+  headers.set("accept-encoding", "identity");
+  const response = await fetch(target, {
+    method: request.method,
+    headers,
+    body: request.body,
+    redirect: "manual",
+    // @ts-ignore: Deno's fetch accepts half-duplex streaming bodies.
+    duplex: "half",
+  });
+  const out = new Headers(response.headers);
+  for (const name of HOP_BY_HOP) out.delete(name);
+  return new Response(response.body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: out,
+  });
+}
+
+/** Joins the browser's WebSocket to one opened to the backend. */
+function proxyWebSocket(
+  request: Request,
+  target: string,
+  extra: Record<string, string>,
+): Response {
+  const protocols = (request.headers.get("sec-websocket-protocol") ?? "")
+    .split(",").map((p) => p.trim()).filter((p) => p !== "");
+  const { socket, response } = Deno.upgradeWebSocket(request, {
+    protocol: protocols[0],
+  });
+  const url = target.replace(/^http/, "ws");
+  const upstream = new WebSocket(url, {
+    protocols,
+    headers: extra,
+  } as unknown as string[]);
+  upstream.binaryType = "arraybuffer";
+  socket.binaryType = "arraybuffer";
+  const pending: (string | ArrayBuffer)[] = [];
+  socket.onmessage = (event) => {
+    if (upstream.readyState === WebSocket.OPEN) upstream.send(event.data);
+    else pending.push(event.data);
+  };
+  upstream.onopen = () => {
+    for (const message of pending.splice(0)) upstream.send(message);
+  };
+  upstream.onmessage = (event) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(event.data);
+  };
+  const closeBoth = (code?: number, reason?: string) => {
+    for (const ws of [socket, upstream]) {
+      if (ws.readyState === WebSocket.OPEN) {
+        try {
+          ws.close(code === 1005 || code === undefined ? 1000 : code, reason);
+        } catch {
+          ws.close();
+        }
+      }
+    }
+  };
+  socket.onclose = (event) => closeBoth(event.code, event.reason);
+  upstream.onclose = (event) => closeBoth(event.code, event.reason);
+  upstream.onerror = () => closeBoth(1011, "backend unreachable");
+  socket.onerror = () => closeBoth(1011);
+  return response;
+}
