@@ -39,7 +39,7 @@ export const BlockdConfig = z.strictObject({
     maxUnflushedMs: z.number().int().positive().default(1_000),
     maxDirtyBlocks: z.number().int().positive().default(16_384),
     readAheadBlocks: z.number().int().nonnegative().default(32),
-    maxRunBlocks: z.number().int().positive().max(8192).default(256),
+    maxRunBlocks: z.number().int().positive().max(4096).default(256),
   }).default({
     maxUnflushedMs: 1_000,
     maxDirtyBlocks: 16_384,
