@@ -16,7 +16,7 @@ packages=(
   ceph-mon ceph-osd radosgw
   slapd ldap-utils
   nginx-light
-  libnbd-bin nbdkit qemu-utils
+  libnbd-bin nbdkit qemu-utils fio
   chromium
 )
 missing=()
