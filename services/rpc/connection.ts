@@ -78,6 +78,9 @@ interface AnswerEntry {
   /** The capabilities in the results as the server wrote them: handed
    * over to this connection, closed when the answer is retired. */
   resultCaps: ($.Client | null)[];
+  /** The peer asked for the results to stay here (sendResultsTo.yourself):
+   * it will point one of our questions at them (takeFromOtherQuestion). */
+  redirected: boolean;
 }
 
 interface Embargo {
@@ -606,6 +609,7 @@ export class RpcConnection {
       releaseResultCaps: false,
       resultExports: [],
       resultCaps: [],
+      redirected: false,
     };
     this.#answers.set(questionId, entry);
     this.#running++;
@@ -625,9 +629,13 @@ export class RpcConnection {
 
   #handleCall(call: rpc.Call, message: $.Message): void {
     const questionId = call.questionId;
-    if (call.sendResultsTo.which() !== rpc.Call_SendResultsTo.CALLER) {
+    const sendTo = call.sendResultsTo.which();
+    if (
+      sendTo !== rpc.Call_SendResultsTo.CALLER &&
+      sendTo !== rpc.Call_SendResultsTo.YOURSELF
+    ) {
       throw new RpcProtocolError(
-        "Call.sendResultsTo other than caller is not supported (level 1 vat)",
+        "Call.sendResultsTo.thirdParty needs level 3, which this vat lacks",
       );
     }
     const target = this.#readTarget(call.target);
@@ -650,6 +658,7 @@ export class RpcConnection {
     };
     const answer = target.send(dataCall);
     entry.answer = answer;
+    entry.redirected = sendTo === rpc.Call_SendResultsTo.YOURSELF;
     const done = () => {
       for (const cap of caps) cap.close();
       this.#sendReturn(questionId, entry);
@@ -795,6 +804,19 @@ export class RpcConnection {
       case rpc.Return.CANCELED:
         question.fail(new RpcError("failed", "call was canceled"));
         break;
+      case rpc.Return.TAKE_FROM_OTHER_QUESTION: {
+        // The peer redirected our call back to us (a tail call on a
+        // capability of ours): the results are those of an answer here.
+        const id = ret.takeFromOtherQuestion;
+        const other = this.#answers.get(id);
+        if (other === undefined || !other.redirected) {
+          throw new RpcProtocolError(
+            `takeFromOtherQuestion names question ${id}, which is not a redirected call`,
+          );
+        }
+        question.adopt(other.answer);
+        break;
+      }
       default:
         question.fail(
           new RpcError(
@@ -834,7 +856,12 @@ export class RpcConnection {
       const ret = message.initRoot(rpc.Message)._initReturn();
       ret.answerId = questionId;
       ret.releaseParamCaps = false;
-      if (settled !== undefined) {
+      if (settled !== undefined && entry.redirected) {
+        // The results stay here for a question of ours to take; their
+        // capabilities go with them to that question.
+        ret.resultsSentElsewhere = true;
+        this.#trySend(message);
+      } else if (settled !== undefined) {
         try {
           const payload = ret._initResults();
           entry.resultCaps = settled.segment.message._capnp.capTable ?? [];
@@ -1036,6 +1063,7 @@ class Question extends Ans {
   #root: $.Pointer | undefined;
   #error: RpcError | undefined;
   #pipelines = new Map<string, PipelineCap>();
+  #adopted: Ans | undefined;
   readonly #results: Promise<$.Pointer>;
   #resolve!: (root: $.Pointer) => void;
   #reject!: (error: RpcError) => void;
@@ -1066,6 +1094,9 @@ class Question extends Ans {
       if (this.#root !== undefined) {
         return capabilityAt(this.#root, transform);
       }
+      if (this.#adopted !== undefined) {
+        return this.#adopted.pipelineCap(transform);
+      }
       if (this.#error !== undefined) return new BrokenCap(this.#error);
       cap = new PipelineCap(this, [...transform]);
       this.#pipelines.set(key, cap);
@@ -1079,6 +1110,25 @@ class Question extends Ans {
     const cap = new PipelineCap(this, [], true);
     this.#pipelines.set("", cap);
     return cap;
+  }
+
+  /** Settles as `other` settles (a tail call that came back to us). */
+  adopt(other: Ans): void {
+    this.#adopted = other;
+    for (const cap of this.#pipelines.values()) {
+      cap.settle(other.pipelineCap(cap.transform));
+    }
+    this.pendingEmbargoes++;
+    other.results().then(
+      (root) => {
+        this.#root = root;
+        this.#resolve(root);
+      },
+      (error) => this.fail(toRpcError(error)),
+    ).finally(() => {
+      this.pendingEmbargoes--;
+      this.connection.maybeFinish(this);
+    });
   }
 
   fulfill(root: $.Pointer): void {
