@@ -255,6 +255,8 @@ async function forward(
     if (name.startsWith("x-sandstorm-")) headers.delete(name);
   }
   for (const [name, value] of Object.entries(extra)) headers.set(name, value);
+  // fetch sends the target's Host; the original one travels beside it.
+  headers.set("x-forwarded-host", request.headers.get("host") ?? "");
   // Bodies pass through as they are; the upstream must not compress what
   // fetch would then decompress behind the client's back.
   headers.set("accept-encoding", "identity");

@@ -112,14 +112,18 @@ label { display:block; font-size:13px; color:var(--muted); margin:10px 0 4px; }
 .login button { width:100%; margin-top:16px; }
 .inline { display:inline; margin:0; }
 .row { display:flex; gap:10px; align-items:center; flex-wrap:wrap; }
-.grainbar { display:flex; align-items:center; gap:10px; padding:8px 16px;
+.grainbar { display:flex; align-items:center; gap:10px; padding:0 16px;
+  height:52px;
   background:#fff; border-bottom:1px solid var(--line); }
 .grainbar .title { font-weight:600; margin-right:auto; }
 .grainframe { position:absolute; top:104px; left:0; right:0; bottom:0;
   width:100%; height:calc(100% - 104px); border:0; background:#fff; }
 code.link { background:#f2f4f7; padding:4px 8px; border-radius:6px;
   word-break: break-all; display:block; margin-top:8px; }
-dialog { border:1px solid var(--line); border-radius:10px; padding:18px; }
+dialog { border:1px solid var(--line); border-radius:10px; padding:18px;
+  max-width:560px; }
+dialog::backdrop { background: rgba(20,16,30,.45); }
+input[type=file] { font: inherit; }
 `;
 
 /** What every page's frame needs. */
@@ -333,7 +337,6 @@ export function grainPage(options: {
   shares: Share[];
   frameUrl?: string;
   error?: string;
-  newShareUrl?: string;
 }): string {
   const { frame, grain, isOwner } = options;
   const csrf = html`<input type="hidden" name="csrf" value="${frame.csrf}">`;
@@ -369,16 +372,11 @@ export function grainPage(options: {
     `
   );
   const dialog = isOwner
-    ? html`<dialog id="share-dialog" ${options.newShareUrl ? "open" : ""}>
+    ? html`<dialog id="share-dialog">
   <h2>Share “${grain.title}” by link</h2>
-  ${
-      options.newShareUrl
-        ? html`
-          <p>Anyone with this link can open the grain:</p><code class="link"
-            id="share-url">${options.newShareUrl}</code>
-        `
-        : ""
-    }
+  <div id="share-result" hidden><p>Anyone with this link can open the grain
+  with the role you chose. It is shown only now:</p>
+  <code class="link" id="share-url"></code></div>
   <form method="post" action="/grain/${grain.id}/share">${csrf}
   <label for="role">Role</label><select name="role" id="role">${roleOptions}</select>
   <label for="label">Label (for you)</label><input type="text" name="label" id="label">
@@ -392,7 +390,18 @@ export function grainPage(options: {
         `
         : ""
     }
-</dialog>`
+</dialog>
+<script>
+// A new link's secret comes in the fragment, which never reaches a server.
+const fresh = /^#link=([A-Za-z0-9_-]+)$/.exec(location.hash);
+if (fresh) {
+  document.getElementById("share-url").textContent =
+    location.origin + "/shared/" + fresh[1];
+  document.getElementById("share-result").hidden = false;
+  history.replaceState(null, "", location.pathname);
+  document.getElementById("share-dialog").showModal();
+}
+</script>`
     : "";
   const content = options.frameUrl
     ? html`<iframe class="grainframe" id="grain-frame" src="${options.frameUrl}"

@@ -454,11 +454,7 @@ export function createShellHandler(options: ShellOptions) {
     return { grain, pkg, access };
   }
 
-  async function showGrain(
-    request: Request,
-    grainId: string,
-    newShareUrl?: string,
-  ) {
+  async function showGrain(request: Request, grainId: string) {
     const v = await requireVisitor(request);
     const { grain, pkg, access } = await loadGrain(v, grainId);
     let frameUrl: string | undefined;
@@ -479,7 +475,6 @@ export function createShellHandler(options: ShellOptions) {
       shares: access.isOwner ? await repo.listShares(grain.id) : [],
       frameUrl,
       error,
-      newShareUrl,
     }));
   }
 
@@ -525,11 +520,7 @@ export function createShellHandler(options: ShellOptions) {
         revoked: false,
       });
       log.info("grain-shared", { grain: grain.id, roleIndex });
-      return showGrain(
-        new Request(request.url, { headers: request.headers }),
-        grain.id,
-        `${origin}/shared/${secret}`,
-      );
+      return redirect(`/grain/${grain.id}#link=${secret}`);
     }
     const revoke = /^shares\/([0-9a-f]{64})\/revoke$/.exec(action);
     if (revoke !== null) {

@@ -55,6 +55,24 @@ async function uploadApp(page: Page, spkPath: string) {
   ]);
 }
 
+/** Creates a share link from the grain page's dialog and returns it. */
+async function makeShareLink(page: Page, role: string, label: string) {
+  await page.click("#share");
+  await page.selectOption("#role", { label: role });
+  await page.fill("#label", label);
+  await Promise.all([
+    page.waitForURL(/#link=|\/grain\/[^/#]+$/),
+    page.click("#make-link"),
+  ]);
+  const shown = await page.waitForSelector("#share-url:visible");
+  const link = await shown.textContent();
+  assert.match(
+    link ?? "",
+    /^https:\/\/localhost:\d+\/shared\/[A-Za-z0-9_-]{32}$/,
+  );
+  return link!;
+}
+
 async function grainFrame(page: Page): Promise<Frame> {
   const element = await page.waitForSelector("#grain-frame");
   const frame = await element.contentFrame();
@@ -214,12 +232,11 @@ Deno.test({
         assert.equal(await bob.page.isVisible("#grain-frame"), false);
 
         // A viewer link lets Bob see the grain but not change it.
-        await page.click("#share");
-        await page.selectOption("#role", { label: "viewer (read only)" });
-        await page.fill("#label", "for bob");
-        await page.click("#make-link");
-        const viewerLink = await page.textContent("#share-url");
-        assert.ok(viewerLink);
+        const viewerLink = await makeShareLink(
+          page,
+          "viewer (read only)",
+          "for bob",
+        );
         await screenshot(page, "share");
 
         await bob.page.goto(viewerLink);
@@ -242,11 +259,7 @@ Deno.test({
         );
 
         // An editor link, opened without an account, may write.
-        await page.click("#share");
-        await page.selectOption("#role", { label: "editor" });
-        await page.click("#make-link");
-        const editorLink = await page.textContent("#share-url");
-        assert.ok(editorLink);
+        const editorLink = await makeShareLink(page, "editor", "anyone");
         await stranger.page.goto(editorLink);
         const strangerFrame = await grainFrame(stranger.page);
         await strangerFrame.fill("#note", "edited by link");
