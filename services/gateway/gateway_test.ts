@@ -103,6 +103,8 @@ Deno.test({
     routes.set(label, { ...route, canWrite: true });
     routes.set(viewerLabel, { ...route, canWrite: false });
 
+    // Assigned below, once the gateway service has its port.
+    // deno-lint-ignore prefer-const
     let nginx: NginxProcess | undefined;
     let updates = Promise.resolve();
     const reloads: string[][] = [];
