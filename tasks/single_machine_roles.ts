@@ -12,6 +12,7 @@
  * @module
  */
 import type { RolePermissions } from "../services/runtime/permissions.ts";
+import { gatewayRole, shellRole } from "./single_machine_web.ts";
 
 /** What the launcher knows when it prepares a role. */
 export interface RoleContext {
@@ -66,6 +67,8 @@ export const singleMachineRoles: SingleMachineRole[] = [
         relative(root, dataDir)
       }/logs/`,
   },
+  shellRole,
+  gatewayRole,
 ];
 
 /** `path` relative to `root` when inside it, for shorter table lines. */

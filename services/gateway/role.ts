@@ -6,17 +6,18 @@
 import type { RolePermissions } from "../runtime/permissions.ts";
 
 /** The gateway's permissions: loopback (its proxy and control ports, the
- * shells, the grains' backends), its code, its data folder (nginx's
- * configuration, certificate and logs), and the `nginx` and `openssl`
- * programs. */
+ * shells, the grains' backends on any local port), its data folder
+ * (nginx's configuration, certificate and logs), its configuration file,
+ * the `nginx` and `openssl` programs, and the uid (to tell nginx which
+ * user to run as). */
 export function gatewayPermissions(options: {
-  codeDir: string;
   dataDir: string;
+  readFiles?: string[];
   netHosts?: string[];
 }): RolePermissions {
   return {
     net: options.netHosts ?? ["127.0.0.1"],
-    read: [options.codeDir, options.dataDir],
+    read: [options.dataDir, ...(options.readFiles ?? [])],
     write: [options.dataDir],
     run: ["nginx", "openssl"],
     sys: ["uid"],

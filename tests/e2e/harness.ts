@@ -13,8 +13,6 @@ import {
 } from "../../services/gateway/role.ts";
 import { shellEntry, shellPermissions } from "../../services/shell/role.ts";
 
-const CODE_DIR = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-
 /** One role process with its output kept for assertions and debugging. */
 export class RoleProcess {
   readonly name: string;
@@ -165,7 +163,6 @@ export function startShell(options: WebSideOptions, index: number) {
       deno: Deno.execPath(),
       entry: shellEntry,
       permissions: shellPermissions({
-        codeDir: CODE_DIR,
         dataDir: options.dataDir,
       }),
       overrides,
@@ -184,7 +181,6 @@ export async function startWebSide(options: WebSideOptions): Promise<WebSide> {
       deno: Deno.execPath(),
       entry: gatewayEntry,
       permissions: gatewayPermissions({
-        codeDir: CODE_DIR,
         dataDir: options.dataDir,
       }),
       overrides: [
