@@ -12,9 +12,8 @@
  * @module
  */
 import type { RoleContext, SingleMachineRole } from "./single_machine_roles.ts";
-import { relative } from "./single_machine_roles.ts";
-import { gatewayEntry, gatewayPermissions } from "../services/gateway/role.ts";
-import { shellEntry, shellPermissions } from "../services/shell/role.ts";
+import { gatewayPermissions } from "../services/gateway/role.ts";
+import { shellPermissions } from "../services/shell/role.ts";
 
 function parentOf(path: string): string {
   return path.slice(0, path.lastIndexOf("/"));
