@@ -174,6 +174,11 @@ export class Coordinator {
     }
   }
 
+  /** Whether the worker is known (alive or draining). */
+  hasWorker(workerId: string): boolean {
+    return this.#workers.has(workerId);
+  }
+
   /** Workers this coordinator considers alive. */
   liveWorkers(): string[] {
     return [...this.#workers.keys()];

@@ -1,0 +1,200 @@
+/**
+ * Building blocks for cluster tests and the cluster benchmark: coordinator
+ * processes (the real role, started under its scoped permissions), worker
+ * processes, and RPC clients of the coordinator.
+ *
+ * The worker used here is tests/cluster/testdata/standin_worker.ts, which
+ * speaks the coordinator's real protocol but serves each grain as an HTTP
+ * answer rather than a sandboxed app. When the worker, storage, shell and
+ * gateway roles run under the agent, the full five-machine tests take the
+ * same shape with `startWorker` swapped for the real role.
+ *
+ * @module
+ */
+import * as rpc from "../../services/rpc/mod.ts";
+import {
+  Coordinator,
+  type Coordinator$Client,
+} from "../../proto/gen/coordinator.ts";
+import { roleCommand } from "../../services/runtime/permissions.ts";
+import {
+  freePort,
+  type ServerProcess,
+  spawnServer,
+} from "../fixtures/process.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/** A coordinator process and the port it serves on. */
+export interface CoordinatorProcess {
+  process: ServerProcess;
+  port: number;
+}
+
+/** Starts the coordinator role on loopback, sharing `stateFile`. */
+export async function startCoordinator(options: {
+  stateFile: string;
+  heartbeatTimeoutMs?: number;
+  checkIntervalMs?: number;
+}): Promise<CoordinatorProcess> {
+  const port = freePort();
+  const stateDir = options.stateFile.replace(/\/[^/]*$/, "");
+  const [command, ...args] = roleCommand({
+    deno: Deno.execPath(),
+    entry: `${root}services/coordinator/main.ts`,
+    permissions: {
+      net: [`127.0.0.1:${port}`],
+      read: [stateDir],
+      write: [stateDir],
+    },
+    overrides: [
+      `listen.port=${port}`,
+      `stateFile=${options.stateFile}`,
+      `heartbeatTimeoutMs=${options.heartbeatTimeoutMs ?? 1500}`,
+      `checkIntervalMs=${options.checkIntervalMs ?? 100}`,
+    ],
+  });
+  const process = spawnServer({ name: `coordinator:${port}`, command, args });
+  await process.waitReady(() => process.log.includes('"event":"listening"'), {
+    what: "the coordinator listens",
+    timeoutMs: 30_000,
+  });
+  return { process, port };
+}
+
+/** A stand-in worker process and the HTTP port its grains answer on. */
+export interface WorkerProcess {
+  id: string;
+  process: ServerProcess;
+  httpPort: number;
+}
+
+/** Starts a stand-in worker heartbeating to the given coordinators. */
+export function startWorker(
+  id: string,
+  coordinatorPorts: number[],
+): WorkerProcess {
+  const httpPort = freePort();
+  const process = spawnServer({
+    name: `worker:${id}`,
+    command: Deno.execPath(),
+    args: [
+      "run",
+      "--no-prompt",
+      "--allow-net=127.0.0.1",
+      `${root}tests/cluster/testdata/standin_worker.ts`,
+      id,
+      String(httpPort),
+      ...coordinatorPorts.map(String),
+    ],
+  });
+  return { id, process, httpPort };
+}
+
+/** What a grain's worker answers when asked for it. */
+export interface GrainAnswer {
+  grainId: string;
+  workerId: string;
+  epoch: number;
+  spec: string;
+}
+
+/** Asks every worker for the grain; the answer of the one running it. */
+export async function askGrain(
+  workers: WorkerProcess[],
+  grainId: string,
+): Promise<GrainAnswer | undefined> {
+  for (const worker of workers) {
+    if (worker.process.exited) continue;
+    try {
+      const response = await fetch(
+        `http://127.0.0.1:${worker.httpPort}/grains/${grainId}`,
+      );
+      if (response.ok) return await response.json();
+      await response.body?.cancel();
+    } catch {
+      // That worker is gone or not yet listening.
+    }
+  }
+  return undefined;
+}
+
+/** An RPC client of one coordinator. */
+export class CoordinatorClient {
+  readonly #connection: rpc.RpcConnection;
+  readonly #coordinator: Coordinator$Client;
+
+  private constructor(connection: rpc.RpcConnection) {
+    this.#connection = connection;
+    this.#coordinator = rpc.bootstrap(connection, Coordinator);
+  }
+
+  static async connect(port: number): Promise<CoordinatorClient> {
+    const transport = await rpc.connectTcp({ hostname: "127.0.0.1", port });
+    return new CoordinatorClient(new rpc.RpcConnection(transport));
+  }
+
+  async openGrain(
+    grainId: string,
+    spec: string,
+    memoryBytes = 256 << 20,
+  ): Promise<{ workerId: string; epoch: number }> {
+    const result = await this.#coordinator.openGrain((params) => {
+      params.grainId = grainId;
+      params._initNeeds().memoryBytes = BigInt(memoryBytes);
+      const bytes = new TextEncoder().encode(spec);
+      params._initSpec(bytes.length).copyBuffer(bytes);
+    }).promise();
+    return {
+      workerId: result.placement.workerId,
+      epoch: Number(result.placement.epoch),
+    };
+  }
+
+  async listGrains(): Promise<
+    { grainId: string; workerId: string; epoch: number }[]
+  > {
+    const result = await this.#coordinator.listGrains().promise();
+    return result.grains.map((g) => ({
+      grainId: g.grainId,
+      workerId: g.workerId,
+      epoch: Number(g.epoch),
+    }));
+  }
+
+  async drainWorker(workerId: string): Promise<number> {
+    const result = await this.#coordinator.drainWorker((params) => {
+      params.workerId = workerId;
+    }).promise();
+    return result.moved;
+  }
+
+  close(): void {
+    rpc.release(this.#coordinator);
+    this.#connection.close();
+  }
+}
+
+/** Polls until `probe` gives a value, or fails naming `what`. */
+export async function eventually<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+/** Kills every process of a group at once, as a machine dying would. */
+export function killGroup(process: ServerProcess): void {
+  try {
+    Deno.kill(-process.pid, "SIGKILL");
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+}
