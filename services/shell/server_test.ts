@@ -1,0 +1,221 @@
+// The shell's handler in process, over a real SQLite repository and real
+// package verification: the security rules that the browser tests do not
+// reach directly (CSRF, cross-origin posts, the gateway's token, cookie
+// flags, quotas).
+import assert from "node:assert/strict";
+import { Logger } from "../runtime/log.ts";
+import { buildSpk, generateKey } from "../spk/write.ts";
+import { type GrainRunner } from "./grain_runner.ts";
+import { PackageStore, spkVerifier } from "./packages.ts";
+import { hashPassword, verifyPassword } from "./password.ts";
+import { SqliteRepository } from "./repo/sqlite.ts";
+import { createShellHandler, createUser } from "./server.ts";
+
+const BASE = "https://shell.test:8443";
+
+/** A runner that records calls and serves nothing: these tests stop at
+ * the shell and never follow a grain's session. */
+function recordingRunner(): GrainRunner & { opened: string[] } {
+  const opened: string[] = [];
+  return {
+    kind: "recording",
+    opened,
+    open: (grain) => {
+      opened.push(grain.id);
+      return Promise.resolve("http://127.0.0.1:9/backend");
+    },
+    sizeOf: () => Promise.resolve(undefined),
+    destroy: () => Promise.resolve(),
+  };
+}
+
+async function setup() {
+  const dir = await Deno.makeTempDir({ prefix: "shell-server-" });
+  const repo = new SqliteRepository(`${dir}/shell.sqlite`);
+  const runner = recordingRunner();
+  const handler = createShellHandler({
+    repo,
+    packages: new PackageStore(`${dir}/packages`, 1 << 20),
+    verifier: spkVerifier,
+    runner,
+    log: new Logger({ role: "shell", level: "error" }),
+    baseUrl: BASE,
+    grainHostSuffix: "shell.test:8443",
+    gatewayToken: "gateway-token-0123456789",
+    defaultQuotaBytes: 1000,
+  });
+  await createUser(repo, {
+    name: "alice",
+    displayName: "Alice",
+    password: "alice-password",
+    isAdmin: false,
+    quotaBytes: 1000,
+  });
+  const call = (path: string, init: RequestInit = {}) =>
+    handler(new Request(`${BASE}${path}`, init));
+  return {
+    repo,
+    runner,
+    call,
+    async done() {
+      await repo.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+type World = Awaited<ReturnType<typeof setup>>;
+
+async function signIn(world: World) {
+  const response = await world.call("/login", {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: "name=Alice&password=alice-password",
+  });
+  assert.equal(response.status, 303);
+  const cookie = response.headers.get("set-cookie")!;
+  const session = cookie.split(";")[0];
+  const home = await world.call("/", { headers: { cookie: session } });
+  const csrf = /name="csrf"\s+value="([^"]+)"/.exec(await home.text())![1];
+  return { cookie, session, csrf };
+}
+
+Deno.test("passwords are salted scrypt hashes", async () => {
+  const a = await hashPassword("same");
+  const b = await hashPassword("same");
+  assert.notEqual(a, b);
+  assert.match(a, /^scrypt\$16384\$8\$1\$/);
+  assert.ok(await verifyPassword("same", a));
+  assert.ok(!(await verifyPassword("other", a)));
+  assert.ok(!(await verifyPassword("same", "scrypt$1$2$3$bad$bad")));
+  assert.ok(!(await verifyPassword("same", "plain")));
+});
+
+Deno.test("sign-in sets a secure HttpOnly cookie; wrong passwords are refused", async () => {
+  const world = await setup();
+  try {
+    const wrong = await world.call("/login", {
+      method: "POST",
+      body: new URLSearchParams({ name: "alice", password: "nope" }),
+    });
+    assert.equal(wrong.status, 401);
+    assert.match(await wrong.text(), /Wrong user name or password/);
+    const { cookie } = await signIn(world);
+    assert.match(cookie, /^__Host-blackrock=/);
+    for (const flag of ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"]) {
+      assert.ok(cookie.includes(flag), `${flag} in ${cookie}`);
+    }
+    const anonymous = await world.call("/");
+    assert.equal(anonymous.status, 303);
+    assert.equal(anonymous.headers.get("location"), "/login?next=%2F");
+  } finally {
+    await world.done();
+  }
+});
+
+Deno.test("forms without the CSRF token or from another origin are refused", async () => {
+  const world = await setup();
+  try {
+    const { session, csrf } = await signIn(world);
+    const post = (body: string, headers: Record<string, string> = {}) =>
+      world.call("/logout", {
+        method: "POST",
+        headers: {
+          cookie: session,
+          "content-type": "application/x-www-form-urlencoded",
+          ...headers,
+        },
+        body,
+      });
+    const missing = await post("");
+    assert.equal(missing.status, 403);
+    await missing.body?.cancel();
+    const wrong = await post("csrf=forged");
+    assert.equal(wrong.status, 403);
+    await wrong.body?.cancel();
+    const foreign = await post(`csrf=${csrf}`, { origin: "https://evil.test" });
+    assert.equal(foreign.status, 403);
+    await foreign.body?.cancel();
+    const upload = await world.call("/upload", {
+      method: "POST",
+      headers: { cookie: session },
+      body: "x",
+    });
+    assert.equal(upload.status, 403);
+    await upload.body?.cancel();
+    // The session still works, then signs out with the right token.
+    const ok = await post(`csrf=${csrf}`, { origin: BASE });
+    assert.equal(ok.status, 303);
+    const after = await world.call("/", { headers: { cookie: session } });
+    assert.equal(after.status, 303, "signed out");
+  } finally {
+    await world.done();
+  }
+});
+
+Deno.test("the route lookup needs the gateway token and names the session's rights", async () => {
+  const world = await setup();
+  try {
+    const { session, csrf } = await signIn(world);
+    const spk = await buildSpk(new Map(), {
+      appTitle: "Tiny",
+      appVersion: 1,
+      actions: [],
+      continueCommand: { argv: ["/x"], environ: [] },
+    }, generateKey());
+    const upload = await world.call("/upload", {
+      method: "POST",
+      headers: { cookie: session, "x-csrf-token": csrf },
+      body: new Blob([spk as Uint8Array<ArrayBuffer>]),
+    });
+    const { packageId } = await upload.json();
+    const created = await world.call(`/apps/${packageId}/new`, {
+      method: "POST",
+      headers: { cookie: session },
+      body: new URLSearchParams({ csrf }),
+    });
+    assert.equal(created.status, 303);
+    const grainPath = created.headers.get("location")!;
+    const page = await (await world.call(grainPath, {
+      headers: { cookie: session },
+    })).text();
+    const host = /src="https:\/\/([0-9a-v]{26})\.shell\.test:8443\/"/.exec(
+      page,
+    );
+    assert.ok(host, "the grain frame is on a random hostname");
+    assert.equal(world.runner.opened.length, 1);
+
+    const lookup = (token: string) =>
+      world.call(`/_blackrock/route?host=${host[1]}`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+    const refused = await lookup("wrong");
+    assert.equal(refused.status, 401);
+    await refused.body?.cancel();
+    const route = await (await lookup("gateway-token-0123456789")).json();
+    assert.equal(route.backend, "http://127.0.0.1:9/backend");
+    assert.equal(route.canWrite, true);
+    assert.equal(route.userName, "Alice");
+    const unknown = await world.call(
+      `/_blackrock/route?host=${"a".repeat(26)}`,
+      {
+        headers: { authorization: "Bearer gateway-token-0123456789" },
+      },
+    );
+    assert.equal(unknown.status, 404);
+    await unknown.body?.cancel();
+
+    // Over quota, no new grain is created.
+    await world.repo.setGrainSize(grainPath.split("/").pop()!, 5000);
+    const over = await world.call(`/apps/${packageId}/new`, {
+      method: "POST",
+      headers: { cookie: session },
+      body: new URLSearchParams({ csrf }),
+    });
+    assert.equal(over.status, 403);
+    assert.match(await over.text(), /quota/);
+    assert.equal((await world.repo.listAllGrains()).length, 1);
+  } finally {
+    await world.done();
+  }
+});
