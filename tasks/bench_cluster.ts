@@ -27,10 +27,12 @@ import {
 import {
   askGrain,
   CoordinatorClient,
+  type CoordinatorProcess,
   eventually,
   killGroup,
   startCoordinator,
   startWorker,
+  type WorkerProcess,
 } from "../tests/cluster/harness.ts";
 
 const WORKERS = 65_536;
@@ -122,8 +124,8 @@ function benchPlacement(): { indexed: number; linear: number } {
 /** See `failover_standin_seconds` in the module comment. */
 async function benchFailover(): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "bench-cluster-" });
-  const coordinators = [];
-  const workers = [];
+  const coordinators: CoordinatorProcess[] = [];
+  const workers: WorkerProcess[] = [];
   const clients: CoordinatorClient[] = [];
   try {
     for (let i = 0; i < 2; i++) {
