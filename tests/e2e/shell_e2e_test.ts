@@ -7,6 +7,7 @@
 // the shell/gateway path (sessions on random hostnames, routing,
 // permissions, WebSockets), not the sandbox.
 import assert from "node:assert/strict";
+import { congodb } from "@push.rocks/smartmongo";
 import type { Frame, Page } from "playwright-core";
 import { launchBrowser, signIn } from "./browser.ts";
 import { freePort, startWebSide, type WebSideOptions } from "./harness.ts";
@@ -190,11 +191,24 @@ Deno.test({
   async fn() {
     await withWorld(async ({ dataDir, options, spkPath }) => {
       const runner = startStandInRunner(`${dataDir}/grains`);
-      // Two shell replicas over one database, behind one gateway.
+      // Two shell replicas over one MongoDB database, behind one gateway.
+      // The database is CongoDB, the wire-compatible stand-in (see
+      // services/shell/repo/repo_test.ts for what it cannot check).
+      const mongo = new congodb.CongoServer({ port: 0, host: "127.0.0.1" });
+      await mongo.start();
+      // deno-lint-ignore no-explicit-any
+      const mongoPort = (mongo as any).server.address().port as number;
       const web = await startWebSide({
         ...options,
         runnerUrl: runner.url,
         shells: 2,
+        database: {
+          kind: "mongodb",
+          url: `mongodb://127.0.0.1:${mongoPort}/?directConnection=true`,
+        },
+      }).catch(async (error) => {
+        await mongo.stop();
+        throw error;
       });
       const alice = await launchBrowser();
       const bob = await launchBrowser();
@@ -273,6 +287,7 @@ Deno.test({
         await Promise.all([alice.close(), bob.close(), stranger.close()]);
         await web.stop();
         await runner.stop();
+        await mongo.stop();
       }
     });
   },
