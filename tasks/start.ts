@@ -328,6 +328,8 @@ async function main(): Promise<number> {
       entry: `${ROOT}/${role.entry}`,
       permissions: role.permissions(context),
       configFile: context.configFile,
+      // Every role but the sink ships its log lines to the sink.
+      logSink: role.name === "logsink" ? undefined : context.logSink,
     });
     const runner = new RoleRunner(role.name, command, (pid, restarts) => {
       const where = role.describe(context);

@@ -22,11 +22,27 @@ export interface ConfigSource {
   /** `path=value` overrides, applied in order. Values parse as JSON when
    * they can (numbers, booleans, arrays) and are strings otherwise. */
   overrides: string[];
+  /** `host:port` of the log sink given with `--log-sink`, if any. */
+  logSink?: { hostname: string; port: number };
+}
+
+/** Parses `host:port` (IPv4 or a name; IPv6 in brackets) for --log-sink. */
+export function parseHostPort(
+  text: string,
+): { hostname: string; port: number } {
+  const match = /^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || port < 1 || port > 65535) {
+    throw new ConfigError(
+      `${JSON.stringify(text)} is not host:port with a port from 1 to 65535`,
+    );
+  }
+  return { hostname: match[1].replace(/^\[|\]$/g, ""), port };
 }
 
 /**
- * Reads `--config FILE` and any number of `--set a.b=value` from the
- * arguments. Anything else is an error, so a typo is not silently ignored.
+ * Reads `--config FILE`, any number of `--set a.b=value` and an optional
+ * `--log-sink host:port` from the arguments. Anything else is an error, so a typo is not silently ignored.
  */
 export function parseConfigArgs(args: string[]): ConfigSource {
   const source: ConfigSource = { overrides: [] };
@@ -45,6 +61,7 @@ export function parseConfigArgs(args: string[]): ConfigSource {
     };
     if (flag === "--config") source.file = value();
     else if (flag === "--set") source.overrides.push(value());
+    else if (flag === "--log-sink") source.logSink = parseHostPort(value());
     else {
       throw new ConfigError(
         `unknown argument ${

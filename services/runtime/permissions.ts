@@ -68,18 +68,33 @@ export function roleCommand(options: {
   permissions: RolePermissions;
   configFile?: string;
   overrides?: string[];
+  /** Where the role ships its log lines; it is given the flag and the
+   * network permission for it (see services/runtime/log_shipper.ts). */
+  logSink?: { hostname: string; port: number };
 }): string[] {
-  // Every role may read its log level; nothing else is added.
+  // Every role may read its log level and reach its log sink; nothing else
+  // is added.
   const env = [...(options.permissions.env ?? []), "BLACKROCK_LOG_LEVEL"];
+  const net = [...(options.permissions.net ?? [])];
+  const sink = options.logSink;
+  const sinkHost = sink?.hostname.includes(":")
+    ? `[${sink.hostname}]`
+    : sink?.hostname;
+  if (sink !== undefined) {
+    for (const entry of [`${sinkHost}:0`, `${sinkHost}:${sink.port}`]) {
+      if (!net.includes(entry)) net.push(entry);
+    }
+  }
   const args = [
     "run",
     "--no-prompt",
-    ...permissionFlags({ ...options.permissions, env }),
+    ...permissionFlags({ ...options.permissions, env, net }),
   ];
   args.push(options.entry);
   if (options.configFile !== undefined) {
     args.push("--config", options.configFile);
   }
   for (const override of options.overrides ?? []) args.push("--set", override);
+  if (sink !== undefined) args.push("--log-sink", `${sinkHost}:${sink.port}`);
   return [options.deno, ...args];
 }

@@ -127,12 +127,14 @@ const root = new URL("../..", import.meta.url).pathname;
 function startRole(
   permissions: Parameters<typeof permissionFlags>[0],
   overrides: string[],
+  logSink?: { hostname: string; port: number },
 ) {
   const [command, ...args] = roleCommand({
     deno,
     entry: role,
     permissions,
     overrides,
+    logSink,
   });
   const child = new Deno.Command(command, {
     args,
@@ -196,4 +198,52 @@ Deno.test("a role with a bad field exits 2 with a line naming it", async () => {
     await reader.cancel();
     await child.stdout.cancel();
   }
+});
+
+Deno.test("a role given --log-sink ships its lines there and still logs to stderr", async () => {
+  const sink = Deno.listenDatagram({
+    transport: "udp",
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  const port = (sink.addr as Deno.NetAddr).port;
+  const { child, waitFor, reader } = startRole({ read: [root] }, [
+    "greeting=shipped",
+  ], {
+    hostname: "127.0.0.1",
+    port,
+  });
+  try {
+    await waitFor("started");
+    const shipped: Record<string, unknown>[] = [];
+    const decoder = new TextDecoder();
+    while (!shipped.some((l) => l.event === "started")) {
+      const [datagram] = await sink.receive();
+      for (const line of decoder.decode(datagram).split("\n")) {
+        if (line.trim()) shipped.push(JSON.parse(line));
+      }
+    }
+    const configured = shipped.find((l) => l.event === "configured");
+    assert.equal(configured?.greeting, "shipped");
+    assert.equal(configured?.role, "echo");
+    child.kill("SIGTERM");
+    await waitFor("stopped");
+    assert.equal((await child.status).code, 0);
+  } finally {
+    sink.close();
+    await reader.cancel();
+    await child.stdout.cancel();
+  }
+});
+
+Deno.test("--log-sink must be host:port", () => {
+  assert.throws(
+    () => parseConfigArgs(["--log-sink", "127.0.0.1"]),
+    /host:port/,
+  );
+  assert.throws(() => parseConfigArgs(["--log-sink", "h:70000"]), /host:port/);
+  assert.deepEqual(parseConfigArgs(["--log-sink", "[::1]:9"]).logSink, {
+    hostname: "::1",
+    port: 9,
+  });
 });

@@ -7,6 +7,7 @@
 import type { z } from "zod";
 import { ConfigError, loadConfig, parseConfigArgs } from "./config.ts";
 import { Logger, type LogLevel } from "./log.ts";
+import { LogShipper } from "./log_shipper.ts";
 
 /** What a running role hands back so that it can be stopped. */
 export interface RunningService {
@@ -63,22 +64,31 @@ export async function runService<T extends z.ZodType>(
 ): Promise<number> {
   const args = options.args ?? Deno.args;
   const exit = options.exit ?? true;
-  const log = new Logger({
-    role: definition.role,
-    level: options.logLevel ?? logLevelFromEnvironment(),
-  });
-  const finish = (code: number) => {
+  const level = options.logLevel ?? logLevelFromEnvironment();
+  let log = new Logger({ role: definition.role, level });
+  let shipper: LogShipper | undefined;
+  const finish = async (code: number) => {
+    await shipper?.close();
     if (exit) Deno.exit(code);
     return code;
   };
 
   let config: z.infer<T>;
   try {
-    config = await loadConfig(definition.config, parseConfigArgs(args));
+    const source = parseConfigArgs(args);
+    if (source.logSink !== undefined) {
+      shipper = new LogShipper(source.logSink);
+      log = new Logger({
+        role: definition.role,
+        level,
+        writer: shipper.writer,
+      });
+    }
+    config = await loadConfig(definition.config, source);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     log.error("config-invalid", { problem: error.message });
-    return finish(2);
+    return await finish(2);
   }
 
   let service: RunningService;
@@ -86,7 +96,7 @@ export async function runService<T extends z.ZodType>(
     service = await definition.start(config, log);
   } catch (error) {
     log.error("start-failed", { error });
-    return finish(1);
+    return await finish(1);
   }
   log.info("started", { pid: Deno.pid });
 
@@ -106,7 +116,7 @@ export async function runService<T extends z.ZodType>(
   }
   if (reason === "ended") {
     log.error("ended-unexpectedly");
-    return finish(1);
+    return await finish(1);
   }
 
   log.info("stopping", { signal: reason });
@@ -122,14 +132,14 @@ export async function runService<T extends z.ZodType>(
     ]);
     if (outcome === "timeout") {
       log.error("stop-timeout", { timeoutMs });
-      return finish(1);
+      return await finish(1);
     }
   } catch (error) {
     log.error("stop-failed", { error });
-    return finish(1);
+    return await finish(1);
   } finally {
     clearTimeout(timer);
   }
   log.info("stopped");
-  return finish(0);
+  return await finish(0);
 }
