@@ -27,6 +27,7 @@ function run(init: ReceiveWorkerInit): void {
   const slotsPerRegion = init.slotsPerRegion;
   const regionBytes = init.slotBytes * slotsPerRegion;
   let region = 0;
+  self.postMessage("ready");
   while (Atomics.load(control, STOP) === 0) {
     // Wait for the main thread to hand the next region back.
     if (Atomics.load(control, 1 + region) !== 0) {

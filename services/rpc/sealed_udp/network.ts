@@ -254,7 +254,11 @@ export class SealedUdpNetwork implements VatNetwork {
 
   private constructor(
     options: SealedUdpNetworkOptions,
-    socketFactory: (net: SealedUdpNetwork) => UdpSocket,
+    socket: UdpSocket,
+    sink: {
+      onBatch: (batch: ReceivedBatch) => void;
+      onError: (e: Error) => void;
+    },
   ) {
     this.#identity = options.identity;
     this.vatId = options.identity.vatId;
@@ -286,7 +290,9 @@ export class SealedUdpNetwork implements VatNetwork {
       retire: (connection) => this.#retire(connection),
       count: (name, amount = 1) => this.#count(name, amount),
     };
-    this.#socket = socketFactory(this);
+    this.#socket = socket;
+    sink.onBatch = (batch) => this.#onBatch(batch);
+    sink.onError = (error) => this.#onSocketError(error);
     const bound = parseAddress(options.bind ?? "127.0.0.1:0");
     this.address = formatAddress({ ip: bound.ip, port: this.#socket.port });
     this.#stopListening = this.directory.onChange((hex) => {
@@ -298,21 +304,29 @@ export class SealedUdpNetwork implements VatNetwork {
     });
   }
 
-  /** Binds the socket and starts the receive worker. */
-  static create(options: SealedUdpNetworkOptions): Promise<SealedUdpNetwork> {
+  /** Binds the socket and starts the receive worker; resolves once
+   * packets can arrive. */
+  static async create(
+    options: SealedUdpNetworkOptions,
+  ): Promise<SealedUdpNetwork> {
     const bind = parseAddress(options.bind ?? "127.0.0.1:0");
-    const network = new SealedUdpNetwork(options, (net) =>
-      UdpSocket.open(
-        bind,
-        {
-          slotBytes: 2048,
-          receiveBufferBytes: options.socketBufferBytes ?? 8 * 1024 * 1024,
-          sendBufferBytes: options.socketBufferBytes ?? 8 * 1024 * 1024,
-        },
-        (batch) => net.#onBatch(batch),
-        (error) => net.#onSocketError(error),
-      ));
-    return Promise.resolve(network);
+    // Batches that arrive before the network exists are dropped: nobody
+    // can know its address yet.
+    const sink = {
+      onBatch: (_batch: ReceivedBatch) => {},
+      onError: (_error: Error) => {},
+    };
+    const socket = await UdpSocket.open(
+      bind,
+      {
+        slotBytes: 2048,
+        receiveBufferBytes: options.socketBufferBytes ?? 8 * 1024 * 1024,
+        sendBufferBytes: options.socketBufferBytes ?? 8 * 1024 * 1024,
+      },
+      (batch) => sink.onBatch(batch),
+      (error) => sink.onError(error),
+    );
+    return new SealedUdpNetwork(options, socket, sink);
   }
 
   /** A snapshot of the counters. */
@@ -827,6 +841,9 @@ export class SealedUdpNetwork implements VatNetwork {
     for (const connection of [...peer.connections.values()]) {
       if (connection.peerBoot === oldKey) connection.fail(error);
     }
+    // Numbers closed under the old boot mean nothing to the new one,
+    // which starts numbering afresh.
+    peer.closedNumbers.clear();
     return true;
   }
 

@@ -57,6 +57,8 @@ export class UdpSocket {
   readonly #meta: SharedArrayBuffer;
   readonly #slotBytes: number;
   readonly #stopped: Promise<void>;
+  /** Resolves once the worker is receiving. */
+  readonly ready: Promise<void>;
   #closed = false;
 
   private constructor(
@@ -82,6 +84,12 @@ export class UdpSocket {
     );
     const regionBytes = UDP_RECV_MAX * this.#slotBytes;
     let resolveStopped!: () => void;
+    let resolveReady!: () => void;
+    let rejectReady!: (error: Error) => void;
+    this.ready = new Promise((resolve, reject) => {
+      resolveReady = resolve;
+      rejectReady = reject;
+    });
     this.#stopped = new Promise((resolve) => resolveStopped = resolve);
     this.#worker.onmessage = (event: MessageEvent) => {
       const message = event.data;
@@ -108,15 +116,21 @@ export class UdpSocket {
           Atomics.store(this.#control, 1 + region, 0);
           Atomics.notify(this.#control, 1 + region);
         }
+      } else if (message === "ready") {
+        resolveReady();
       } else if (message === "stopped") {
         resolveStopped();
       } else if (message && typeof message === "object" && "error" in message) {
-        onError(new Error(`UDP receive worker failed: ${message.error}`));
+        const error = new Error(`UDP receive worker failed: ${message.error}`);
+        rejectReady(error);
+        onError(error);
       }
     };
     this.#worker.onerror = (event) => {
       event.preventDefault();
-      onError(new Error(`UDP receive worker crashed: ${event.message}`));
+      const error = new Error(`UDP receive worker crashed: ${event.message}`);
+      rejectReady(error);
+      onError(error);
       resolveStopped();
     };
     const init: ReceiveWorkerInit = {
@@ -131,26 +145,35 @@ export class UdpSocket {
     this.#worker.postMessage(init);
   }
 
-  /** Binds `address` (port 0 picks one) and starts the receive worker.
-   * `onBatch` runs on the main thread for every batch of datagrams. */
-  static open(
+  /** Binds `address` (port 0 picks one) and starts the receive worker;
+   * resolves once it receives. `onBatch` runs on the main thread for every
+   * batch of datagrams. */
+  static async open(
     address: UdpAddress,
     options: UdpSocketOptions,
     onBatch: (batch: ReceivedBatch) => void,
     onError: (error: Error) => void,
-  ): UdpSocket {
+  ): Promise<UdpSocket> {
     const fd = udpOpen(
       address.ip,
       address.port,
       options.receiveBufferBytes ?? 0,
       options.sendBufferBytes ?? 0,
     );
+    let socket: UdpSocket;
     try {
-      return new UdpSocket(fd, options, onBatch, onError);
+      socket = new UdpSocket(fd, options, onBatch, onError);
     } catch (error) {
       udpClose(fd);
       throw error;
     }
+    try {
+      await socket.ready;
+    } catch (error) {
+      await socket.close();
+      throw error;
+    }
+    return socket;
   }
 
   /** Sends `count` datagrams described by UDP_SEND_WORDS words each;
