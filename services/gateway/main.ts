@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { hostname } from "node:os";
 import { z } from "zod";
 import { runService } from "../runtime/service.ts";
 import { ensureCertificate, NginxProcess } from "./nginx.ts";
@@ -58,6 +59,7 @@ if (import.meta.main) {
       let nginx: NginxProcess | undefined;
       let updating = Promise.resolve();
       let stopping = false;
+      const startedAt = Date.now();
       const gateway = new Gateway({
         mainHost: config.mainHost,
         grainHostSuffix: config.grainHostSuffix,
@@ -65,6 +67,14 @@ if (import.meta.main) {
         token: config.token,
         log,
         shellTimeoutMs: config.shellTimeoutMs,
+        status: () => ({
+          role: "gateway",
+          hostname: hostname(),
+          pid: Deno.pid,
+          rssBytes: Deno.memoryUsage().rss,
+          startedAt,
+          address: `${config.nginx.listenHostname}:${config.nginx.listenPort}`,
+        }),
         onShellsChanged(shells) {
           // Updates run one after another, so nginx ends on the last list.
           updating = updating.then(async () => {

@@ -39,6 +39,8 @@ export interface GatewayOptions {
   routeCacheMs?: number;
   /** Called when the set of live shells changes. */
   onShellsChanged?: (addresses: string[]) => void;
+  /** What GET /status reports about this process, beside the shells. */
+  status?: () => Record<string, unknown>;
 }
 
 const HOP_BY_HOP = [
@@ -95,7 +97,8 @@ export class Gateway {
     }
   }
 
-  /** The control API: PUT/DELETE /shells/{id} with a bearer token. */
+  /** The control API, with a bearer token: PUT/DELETE /shells/{id} and
+   * GET /status. */
   async control(request: Request): Promise<Response> {
     if (
       request.headers.get("authorization") !== `Bearer ${this.#options.token}`
@@ -105,6 +108,12 @@ export class Gateway {
     const match = /^\/shells\/([A-Za-z0-9_-]{1,64})$/.exec(
       new URL(request.url).pathname,
     );
+    if (new URL(request.url).pathname === "/status") {
+      return Response.json({
+        ...this.#options.status?.(),
+        shells: this.shells(),
+      });
+    }
     if (match === null) return text("not found", 404);
     if (request.method === "DELETE") {
       this.#shells.delete(match[1]);

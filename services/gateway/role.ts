@@ -9,7 +9,7 @@ import type { RolePermissions } from "../runtime/permissions.ts";
  * shells, the grains' backends on any local port), its data folder
  * (nginx's configuration, certificate and logs), its configuration file,
  * the `nginx` and `openssl` programs, and the uid (to tell nginx which
- * user to run as). */
+ * user to run as) and hostname (for the admin page). */
 export function gatewayPermissions(options: {
   dataDir: string;
   readFiles?: string[];
@@ -20,7 +20,7 @@ export function gatewayPermissions(options: {
     read: [options.dataDir, ...(options.readFiles ?? [])],
     write: [options.dataDir],
     run: ["nginx", "openssl"],
-    sys: ["uid"],
+    sys: ["uid", "hostname"],
   };
 }
 

@@ -17,7 +17,11 @@ import { PackageStore, spkVerifier } from "./packages.ts";
 import { randomToken } from "./password.ts";
 import { MongoRepository } from "./repo/mongo.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
-import { ConflictError, type ShellRepository } from "./repo/types.ts";
+import {
+  ConflictError,
+  type Replica,
+  type ShellRepository,
+} from "./repo/types.ts";
 import { createShellHandler, createUser } from "./server.ts";
 
 const GiB = 1024 ** 3;
@@ -98,6 +102,34 @@ async function ensureAdmin(
   );
 }
 
+/** The gateway as the admin page shows it, or nothing if it is away. */
+async function gatewayReplicas(config: ShellConfig): Promise<Replica[]> {
+  if (config.gateway.controlUrl === undefined) return [];
+  try {
+    const response = await fetch(`${config.gateway.controlUrl}/status`, {
+      headers: { authorization: `Bearer ${config.gateway.token}` },
+      signal: AbortSignal.timeout(2000),
+    });
+    if (!response.ok) {
+      await response.body?.cancel();
+      return [];
+    }
+    const status = await response.json();
+    return [{
+      id: `gateway-${status.pid}`,
+      role: "gateway",
+      address: String(status.address),
+      hostname: String(status.hostname),
+      pid: Number(status.pid),
+      rssBytes: Number(status.rssBytes),
+      startedAt: Number(status.startedAt),
+      lastSeenAt: Date.now(),
+    }];
+  } catch {
+    return [];
+  }
+}
+
 if (import.meta.main) {
   await runService({
     role: "shell",
@@ -118,6 +150,7 @@ if (import.meta.main) {
         grainHostSuffix: config.grainHostSuffix,
         gatewayToken: config.gateway.token,
         defaultQuotaBytes: config.defaultQuotaBytes,
+        otherReplicas: () => gatewayReplicas(config),
       });
       const server = Deno.serve({
         hostname: config.listen.hostname,

@@ -39,6 +39,7 @@ import {
   type Grain,
   type LoginSession,
   type PackageInfo,
+  type Replica,
   type ShellRepository,
   type User,
 } from "./repo/types.ts";
@@ -60,6 +61,9 @@ export interface ShellOptions {
   defaultQuotaBytes: number;
   loginSessionMs?: number;
   grainSessionMs?: number;
+  /** Other roles' processes for the admin page (the gateway's, for
+   * example), fetched when the page is shown. */
+  otherReplicas?: () => Promise<Replica[]>;
 }
 
 const FORM_LIMIT_BYTES = 64 * 1024;
@@ -651,7 +655,10 @@ export function createShellHandler(options: ShellOptions) {
     await refreshSizes(grains);
     return htmlResponse(adminPage({
       frame: frame(v, "Admin"),
-      replicas: await repo.listReplicas(Date.now() - 30_000),
+      replicas: [
+        ...await repo.listReplicas(Date.now() - 30_000),
+        ...await (options.otherReplicas?.() ?? Promise.resolve([])),
+      ],
       users: await Promise.all(users.map(async (user) => ({
         user,
         usedBytes: await repo.storageUsedBy(user.id),

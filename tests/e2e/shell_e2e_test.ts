@@ -221,6 +221,10 @@ Deno.test({
         await page.click("#create-user");
         const bobPassword = await page.textContent("#new-password");
         assert.ok(bobPassword);
+        // Both shell replicas and the gateway show on the admin page.
+        const replicas = await page.textContent("#replicas") ?? "";
+        assert.equal(replicas.match(/shell/g)?.length, 2, replicas);
+        assert.match(replicas, /gateway/);
         await screenshot(page, "admin");
 
         await page.goto(web.url);
