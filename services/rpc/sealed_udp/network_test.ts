@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { type MessageConnection, TransportClosedError } from "../transport.ts";
 import { VatIdentity } from "../vat_id.ts";
 import { SealedUdpNetwork, type SealedUdpNetworkOptions } from "./network.ts";
@@ -379,6 +380,48 @@ Deno.test("an outage shorter than the grace period loses nothing; a longer one f
       return true;
     });
     assert.ok(a.metrics().graceExpired >= 1);
+  } finally {
+    await a.close();
+    await b.close();
+    await relay.close();
+  }
+});
+
+Deno.test("fuzzed datagrams at a live vat never crash it or disturb its connection", async () => {
+  const { a, b, relay } = await relayedPair();
+  try {
+    const ab = a.connect(b.vatId);
+    for (let i = 0; i < 30; i++) ab.send(patterned(i, 1500));
+    const ba = await b.accept();
+    await expectMessages(ba, 0, 30, 1500);
+    const samples = relay.seen.filter((s) => s.fromA).map((s) => s.datagram);
+    const datagrams = fc.sample(
+      fc.oneof(
+        fc.uint8Array({ maxLength: 1400 }),
+        fc.tuple(
+          fc.constantFrom(...samples),
+          fc.array(fc.tuple(fc.nat(), fc.nat({ max: 255 })), { maxLength: 4 }),
+          fc.nat(),
+        ).map(([sample, edits, cut]) => {
+          const copy = sample.slice(0, Math.max(1, cut % (sample.length + 1)));
+          for (const [at, value] of edits) copy[at % copy.length] = value;
+          return copy;
+        }),
+      ),
+      { numRuns: 400, seed: 0xf00d },
+    );
+    const before = dropped(b.metrics());
+    for (let i = 0; i < datagrams.length; i += 50) {
+      rawSend(b.address, datagrams.slice(i, i + 50));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await waitFor(
+      "fuzzed datagrams dropped",
+      () => dropped(b.metrics()) - before >= datagrams.length * 0.9,
+    );
+    assert.equal(b.metrics().connectionsAccepted, 1);
+    for (let i = 30; i < 60; i++) ab.send(patterned(i, 1500));
+    await expectMessages(ba, 30, 60, 1500);
   } finally {
     await a.close();
     await b.close();
