@@ -257,8 +257,15 @@ Deno.test({
 
       // With the gateway service down, nginx still reaches a shell for the
       // main hostname through the fallback upstream it was configured with.
+      // nginx applies a reload asynchronously (new workers take over), so
+      // the fallback is polled until the reload with shell a has landed.
       await proxy.shutdown();
-      assert.match((await get(`${url}/`)).text, /^shell-a /);
+      let fallback = "";
+      for (let i = 0; i < 50 && !fallback.startsWith("shell-a "); i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 100));
+        fallback = (await get(`${url}/`)).text;
+      }
+      assert.match(fallback, /^shell-a /);
     } finally {
       client.close();
       await nginx.stop();
