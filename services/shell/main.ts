@@ -140,9 +140,15 @@ if (import.meta.main) {
       const runner = config.runner.kind === "http"
         ? new HttpGrainRunner(config.runner.url)
         : noRunner;
+      const packages = new PackageStore(
+        config.packageDir,
+        config.maxUploadBytes,
+      );
+      const abandoned = await packages.sweepAbandoned();
+      if (abandoned > 0) log.info("abandoned-uploads-removed", { abandoned });
       const handler = createShellHandler({
         repo,
-        packages: new PackageStore(config.packageDir, config.maxUploadBytes),
+        packages,
         verifier: spkVerifier,
         runner,
         log,

@@ -146,6 +146,29 @@ export class PackageStore {
     }
   }
 
+  /**
+   * Removes temporary files of uploads that were cut off by a crash. Other
+   * replicas may be receiving uploads into the same folder, so only files
+   * older than `olderThanMs` go. Returns how many were removed.
+   */
+  async sweepAbandoned(olderThanMs = 3600_000): Promise<number> {
+    let removed = 0;
+    try {
+      for await (const entry of Deno.readDir(this.dir)) {
+        if (!entry.isFile || !entry.name.endsWith(".upload")) continue;
+        const path = `${this.dir}/${entry.name}`;
+        const info = await Deno.stat(path);
+        if (Date.now() - (info.mtime?.getTime() ?? 0) > olderThanMs) {
+          await Deno.remove(path).catch(() => {});
+          removed++;
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    return removed;
+  }
+
   async remove(packageId: string): Promise<void> {
     await Deno.remove(this.pathOf(packageId)).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;

@@ -123,7 +123,8 @@ code.link { background:#f2f4f7; padding:4px 8px; border-radius:6px;
 dialog { border:1px solid var(--line); border-radius:10px; padding:18px;
   max-width:560px; }
 dialog::backdrop { background: rgba(20,16,30,.45); }
-input[type=file] { font: inherit; }
+input[type=file] { font: inherit; padding:6px; border:1px dashed #c4b5fd;
+  border-radius:8px; background:#faf8ff; flex:1; max-width:420px; }
 `;
 
 /** What every page's frame needs. */
