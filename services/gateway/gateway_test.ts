@@ -279,3 +279,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test("random hosts, paths and control requests never make the gateway fail", async () => {
+  const fc = (await import("fast-check")).default;
+  const gateway = new Gateway({
+    mainHost: "localhost:8443",
+    grainHostSuffix: "localhost:8443",
+    shellOrigin: "https://localhost:8443",
+    token: TOKEN,
+    log: quiet,
+  });
+  await fc.assert(
+    fc.asyncProperty(
+      fc.string(),
+      fc.string(),
+      fc.string(),
+      fc.constantFrom("GET", "PUT", "DELETE", "POST"),
+      async (host, path, body, method) => {
+        const headers = new Headers();
+        try {
+          headers.set("host", host);
+        } catch {
+          // Not a valid header value; nothing to send.
+        }
+        const url = `http://gateway/${encodeURI(path)}`;
+        const response = await gateway.handle(new Request(url, { headers }));
+        assert.ok(
+          [404, 503].includes(response.status),
+          String(response.status),
+        );
+        await response.body?.cancel();
+        const control = await gateway.control(
+          new Request(`http://control/${encodeURI(path)}`, {
+            method,
+            headers: { authorization: `Bearer ${TOKEN}` },
+            body: method === "PUT" || method === "POST" ? body : undefined,
+          }),
+        );
+        assert.ok(control.status < 500, String(control.status));
+        await control.body?.cancel();
+      },
+    ),
+    { numRuns: 300, seed: 11 },
+  );
+  assert.deepEqual(gateway.shells(), [], "no garbage registered as a shell");
+});

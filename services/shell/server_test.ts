@@ -219,3 +219,49 @@ Deno.test("the route lookup needs the gateway token and names the session's righ
     await world.done();
   }
 });
+
+Deno.test("random paths, cookies and forms never make the shell fail", async () => {
+  const fc = (await import("fast-check")).default;
+  const world = await setup();
+  try {
+    const { session, csrf } = await signIn(world);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom("GET", "POST", "PUT", "DELETE"),
+        fc.oneof(
+          fc.string(),
+          fc.constantFrom(
+            "/",
+            "/admin",
+            "/admin/users",
+            "/grain/x",
+            "/grain/x/share",
+            "/grain/x/shares/" + "a".repeat(64) + "/revoke",
+            "/apps/" + "0".repeat(32) + "/new",
+            "/shared/abc",
+            "/_blackrock/route",
+            "/upload",
+          ),
+        ),
+        fc.oneof(fc.string(), fc.constant(session)),
+        fc.oneof(fc.string(), fc.constant(`csrf=${csrf}&title=x&role=7`)),
+        async (method, path, cookie, body) => {
+          const safePath = "/" + encodeURI(path.replace(/^\/+/, ""));
+          const response = await world.call(safePath, {
+            method,
+            headers: { cookie: cookie.replace(/[\r\n\0]/g, "") },
+            body: method === "GET" ? undefined : body,
+          });
+          await response.body?.cancel();
+          assert.ok(
+            response.status < 500,
+            `${method} ${safePath}: ${response.status}`,
+          );
+        },
+      ),
+      { numRuns: 300, seed: 7 },
+    );
+  } finally {
+    await world.done();
+  }
+});
