@@ -9,7 +9,8 @@ struct MachineStatus {
   address @1 :Text;
   alive @2 :Bool;
   specs @3 :Agent.MachineSpecs;
-  roles @4 :List(Agent.Role);
+  roles @4 :List(Agent.RoleStatus);
+  # As the machine last reported them.
   draining @5 :Bool;
 }
 

@@ -298,14 +298,15 @@ export class Coordinator {
    * so a user's next request finds it running.
    */
   async drainWorker(workerId: string): Promise<GrainRecord[]> {
+    // A worker this coordinator never heard from may still hold grains in
+    // the shared records (placed by another coordinator): those move too,
+    // and only a known worker is asked to stop them.
     const worker = this.#workers.get(workerId);
-    if (worker === undefined) {
-      throw new RangeError(`unknown worker ${JSON.stringify(workerId)}`);
-    }
-    worker.draining = true;
+    if (worker !== undefined) worker.draining = true;
     this.#placement.removeWorker(workerId);
     const grains = (await this.grains()).filter((r) => r.workerId === workerId);
     const moved = await this.#restartAll(grains);
+    if (worker === undefined) return moved;
     for (const record of grains) {
       try {
         await worker.handle.stopGrain(record.grainId);

@@ -103,6 +103,9 @@ export interface MasterOptions {
    * first and restart through failover instead. */
   drain?: DrainLink;
   needs?: ClusterNeeds;
+  /** Configuration sent with each role (`--set path=value` pairs). A
+   * change reaches machines when their roles next change. */
+  roleSettings?: Partial<Record<RoleName, Record<string, string>>>;
   /** A machine that has not answered for this long is dead. */
   deadAfterMs?: number;
   /** How long one agent call may take. */
@@ -183,7 +186,14 @@ export class Master {
     machine.draining = true;
     const worker = machine.report?.roles.find((r) => r.role === "worker");
     if (worker !== undefined && this.#options.drain !== undefined) {
-      const moved = await this.#options.drain.drainWorker(worker.vatId);
+      let moved: number;
+      try {
+        moved = await this.#options.drain.drainWorker(worker.vatId);
+      } catch (error) {
+        // Its grains could not move: the machine stays, and serves on.
+        machine.draining = false;
+        throw error;
+      }
       this.#options.log.info("machine-drained", {
         machine: name,
         grains: moved,
@@ -242,7 +252,10 @@ export class Master {
       if (sameRoles(wanted, running)) return;
       const assignment: AssignmentMessage = {
         version: machine.report!.assignmentVersion + 1,
-        roles: wanted.map((role) => ({ role, settings: {} })),
+        roles: wanted.map((role) => ({
+          role,
+          settings: this.#options.roleSettings?.[role] ?? {},
+        })),
       };
       try {
         await withTimeout(

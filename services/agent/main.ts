@@ -1,0 +1,73 @@
+/**
+ * The machine agent's process: boots the agent, serves its `Agent`
+ * capability to the master, and runs until stopped (its roles stop with
+ * it; they start again at the next boot from the saved assignment).
+ *
+ * Permissions it needs (see image/units/blackrock-agent.service and
+ * tasks/cluster.ts): listen on its control port, read the code and its
+ * state folder, write its state folder, run the Deno binary, and read the
+ * machine's memory size.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { runService } from "../runtime/service.ts";
+import { Agent } from "./agent.ts";
+import { listenControl } from "./control.ts";
+import { defaultCatalogue } from "./roles.ts";
+
+/** The agent's configuration. */
+export const agentConfig = z.strictObject({
+  /** The machine's name in the cluster description. */
+  machine: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/),
+  /** Wiped with the machine: holds the vat keys and last assignment. */
+  stateDir: z.string().default("/var/lib/blackrock"),
+  /** The machine's address on the cluster network. */
+  address: z.string().default("127.0.0.1"),
+  controlPort: z.number().int().min(1).max(65535).default(7000),
+  codeRoot: z.string().default(
+    new URL("../../", import.meta.url).pathname.replace(/\/$/, ""),
+  ),
+  clusterHosts: z.array(z.string()).default([]),
+  coordinatorStateFile: z.string().default(
+    "/var/lib/blackrock/shared/grains.sqlite",
+  ),
+  /** Numbers a simulated machine claims instead of measuring. */
+  claimedSpecs: z.strictObject({
+    cores: z.number().int().positive().optional(),
+    memoryBytes: z.number().int().positive().optional(),
+    diskBytes: z.number().int().positive().optional(),
+  }).default({}),
+});
+
+if (import.meta.main) {
+  await runService({
+    role: "agent",
+    config: agentConfig,
+    async start(config, log) {
+      const agent = await Agent.start({
+        machine: config.machine,
+        stateDir: config.stateDir,
+        address: config.address,
+        catalogue: defaultCatalogue(config),
+        claimedSpecs: config.claimedSpecs,
+        log,
+      });
+      const control = listenControl(
+        agent,
+        { hostname: config.address, port: config.controlPort },
+        log,
+      );
+      log.info("listening", {
+        address: config.address,
+        port: control.port,
+      });
+      return {
+        async stop() {
+          control.close();
+          await agent.stop();
+        },
+      };
+    },
+  });
+}

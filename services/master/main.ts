@@ -1,0 +1,156 @@
+/**
+ * The master's process: reads the cluster description, runs a round of
+ * {@link Master.tick} every poll interval, and serves `Master`
+ * (proto/master.capnp) so that tools can show the cluster and add or
+ * remove machines. Machines added or removed are written back to the
+ * description, so a restarted master knows them.
+ *
+ * The cluster description is JSON:
+ *
+ * ```json
+ * {
+ *   "machines": [{ "name": "m1", "agentAddress": "10.77.0.1:7000" }],
+ *   "needs": { "coordinators": 2, "storage": 1, "gateways": 1, "shells": 1 },
+ *   "roleSettings": { "gateway": { "mainHost": "example.com" } }
+ * }
+ * ```
+ *
+ * @module
+ */
+import { z } from "zod";
+import { runService } from "../runtime/service.ts";
+import { RpcAgentLink } from "./agent_client.ts";
+import { DEFAULT_NEEDS } from "./assign.ts";
+import { Master } from "./master.ts";
+import { masterCapability, RpcDrainLink } from "./rpc_service.ts";
+import * as rpc from "../rpc/mod.ts";
+
+const roleName = z.enum([
+  "coordinator",
+  "storage",
+  "worker",
+  "gateway",
+  "shell",
+]);
+
+/** The cluster description's schema. */
+export const ClusterDescription = z.strictObject({
+  machines: z.array(z.strictObject({
+    name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/),
+    agentAddress: z.string().min(3),
+  })),
+  needs: z.strictObject({
+    coordinators: z.number().int().min(1),
+    storage: z.number().int().min(1),
+    gateways: z.number().int().min(1),
+    shells: z.number().int().min(1),
+  }).default(DEFAULT_NEEDS),
+  roleSettings: z.partialRecord(roleName, z.record(z.string(), z.string()))
+    .default({}),
+});
+/** See {@link ClusterDescription}. */
+export type ClusterDescription = z.infer<typeof ClusterDescription>;
+
+/** The master's configuration. */
+export const masterConfig = z.strictObject({
+  description: z.string(),
+  listen: z.strictObject({
+    hostname: z.string().default("127.0.0.1"),
+    port: z.number().int().min(0).max(65535).default(7001),
+  }).default({ hostname: "127.0.0.1", port: 7001 }),
+  pollIntervalMs: z.number().int().positive().default(1000),
+  deadAfterMs: z.number().int().positive().default(5000),
+});
+
+async function readDescription(path: string): Promise<ClusterDescription> {
+  const text = await Deno.readTextFile(path);
+  const result = ClusterDescription.safeParse(JSON.parse(text));
+  if (!result.success) {
+    throw new Error(
+      `cluster description ${path} is invalid: ` +
+        result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`)
+          .join("; "),
+    );
+  }
+  return result.data;
+}
+
+if (import.meta.main) {
+  await runService({
+    role: "master",
+    config: masterConfig,
+    async start(config, log) {
+      const description = await readDescription(config.description);
+      const link = new RpcAgentLink();
+      let master: Master | undefined = undefined;
+      const coordinatorAddresses = () =>
+        master!.status().machines.filter((m) => m.alive).flatMap((m) =>
+          m.report!.roles.filter((r) => r.role === "coordinator")
+            .map((r) => r.address)
+        );
+      master = new Master({
+        link,
+        log,
+        drain: new RpcDrainLink(coordinatorAddresses, log),
+        needs: description.needs,
+        roleSettings: description.roleSettings,
+        deadAfterMs: config.deadAfterMs,
+      });
+      for (const machine of description.machines) master.addMachine(machine);
+
+      const save = async () => {
+        const next: ClusterDescription = {
+          ...description,
+          machines: master!.status().machines.map((m) => ({
+            name: m.name,
+            agentAddress: m.agentAddress,
+          })),
+        };
+        const temporary = `${config.description}.tmp`;
+        await Deno.writeTextFile(temporary, JSON.stringify(next, null, 2));
+        await Deno.rename(temporary, config.description);
+      };
+      const cap = masterCapability(master, save);
+      const listener = rpc.listenTcp(config.listen);
+      log.info("listening", { ...config.listen, port: listener.port });
+      let closed = false;
+      const connections = new Set<rpc.RpcConnection>();
+      (async () => {
+        while (!closed) {
+          try {
+            const connection = new rpc.RpcConnection(await listener.accept(), {
+              bootstrap: cap.addRef(),
+            });
+            connections.add(connection);
+            connection.closed.then(() => connections.delete(connection));
+          } catch (error) {
+            if (!closed) log.error("accept-failed", { error });
+            return;
+          }
+        }
+      })();
+
+      let round = Promise.resolve();
+      const timer = setInterval(() => {
+        round = round.then(async () => {
+          try {
+            await master!.tick();
+          } catch (error) {
+            log.error("round-failed", { error });
+          }
+        });
+      }, config.pollIntervalMs);
+      return {
+        async stop() {
+          clearInterval(timer);
+          await round;
+          closed = true;
+          listener.close();
+          for (const connection of connections) connection.close();
+          cap.close();
+          link.close();
+        },
+      };
+    },
+  });
+}
