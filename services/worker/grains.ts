@@ -119,7 +119,7 @@ export class GrainManager {
     this.options = options;
     this.#log = log;
     this.#cgroups = cgroups;
-    this.#hub = ApiSocketHub.open();
+    this.#hub = ApiSocketHub.open(`${options.stateDir}/api.sock`);
     this.#seccompFile = seccompFile;
     this.#freeUids = Array.from(
       { length: options.uidCount },
@@ -253,12 +253,12 @@ export class GrainManager {
 
     let cgroup: GrainCgroup | undefined;
     let process: SandboxProcess | undefined;
-    const { token, connection } = this.#hub.expect();
+    let token: string | undefined;
     try {
       await Deno.mkdir(dirname(volumeDir), { recursive: true, mode: 0o711 });
       await prepareVolume(volumeDir, hostUid);
       cgroup = await this.#cgroups.create(`grain-${grainId}`, memoryLimitBytes);
-      process = await startSandbox({
+      const started = await startSandbox({
         packageDir: pkg.dir,
         volumeDir,
         hostUid,
@@ -266,9 +266,10 @@ export class GrainManager {
         tmpBytes: this.options.tmpBytes,
         cgroup,
         seccompFile: this.#seccompFile,
-        apiPort: this.#hub.port,
-        apiToken: token,
-      });
+      }, this.#hub);
+      process = started.process;
+      token = started.token;
+      const connection = started.connection;
       const timeoutMs = this.options.connectTimeoutMs ?? 10_000;
       let timer: ReturnType<typeof setTimeout> | undefined;
       const conn = await Promise.race([
@@ -300,7 +301,7 @@ export class GrainManager {
       this.#log.info("grain-started", { grainId, packageId, hostUid });
       return supervisor;
     } catch (error) {
-      this.#hub.forget(token, new GrainError("start failed"));
+      if (token) this.#hub.forget(token, new GrainError("start failed"));
       await process?.kill();
       await cgroup?.remove().catch(() => {});
       this.#freeUids.push(hostUid);

@@ -15,6 +15,7 @@
  * @module
  */
 import type { CommandInfo } from "../spk/mod.ts";
+import type { ApiSocketHub } from "./api_socket.ts";
 import type { GrainCgroup } from "./cgroup.ts";
 
 /** The uid and gid a grain sees for itself, as on Sandstorm. */
@@ -39,9 +40,6 @@ export interface SandboxSpec {
   cgroup: GrainCgroup;
   /** A file holding the seccomp filter (seccomp.ts). */
   seccompFile: string;
-  /** Where the launcher connects fd 3, and the token it presents. */
-  apiPort: number;
-  apiToken: string;
 }
 
 /** How a grain's process ended. */
@@ -63,11 +61,14 @@ export interface SandboxProcess {
   kill(): Promise<GrainExit>;
 }
 
-// Runs as root: connect fd 3, present the token, join the cgroup, then
-// drop to the grain's uid and start bubblewrap with the filter on fd 10.
+// Runs as root: move the inherited API socket to fd 3, join the cgroup,
+// then drop to the grain's uid and start bubblewrap with the filter on
+// fd 10.
 const LAUNCHER = `
-exec 3<>"/dev/tcp/127.0.0.1/$BR_API_PORT" || exit 120
-printf '%s\\n' "$BR_API_TOKEN" >&3 || exit 121
+if [ "$BR_API_FD" != 3 ]; then
+  exec 3<&"$BR_API_FD" || exit 120
+  eval "exec $BR_API_FD<&-"
+fi
 echo $$ >"$BR_CGROUP_PROCS" || exit 122
 exec setpriv --reuid="$BR_UID" --regid="$BR_UID" --clear-groups \\
   --inh-caps=-all --bounding-set=-all bwrap "$@" 10<"$BR_SECCOMP"
@@ -182,24 +183,36 @@ function collectLines(
   })().catch(() => {});
 }
 
-/** Starts the grain. The caller awaits fd 3 through the ApiSocketHub. */
-export async function startSandbox(spec: SandboxSpec): Promise<SandboxProcess> {
+/**
+ * Starts the grain with its fd 3 connected through `hub`. Resolves once
+ * the processes exist; `connection` resolves with the worker's end of
+ * fd 3 and `token` names it to `hub.forget`.
+ */
+export async function startSandbox(
+  spec: SandboxSpec,
+  hub: ApiSocketHub,
+): Promise<{
+  process: SandboxProcess;
+  connection: Promise<Deno.UnixConn>;
+  token: string;
+}> {
   const args = await bwrapArguments(spec);
-  const child = new Deno.Command("bash", {
-    args: ["-c", LAUNCHER, "grain-launcher", ...args],
-    clearEnv: true,
-    env: {
-      BR_API_PORT: String(spec.apiPort),
-      BR_API_TOKEN: spec.apiToken,
-      BR_CGROUP_PROCS: spec.cgroup.procsFile,
-      BR_UID: String(spec.hostUid),
-      BR_SECCOMP: spec.seccompFile,
-      PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
-    },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const { child, connection, token } = hub.connectChild((fd) =>
+    new Deno.Command("bash", {
+      args: ["-c", LAUNCHER, "grain-launcher", ...args],
+      clearEnv: true,
+      env: {
+        BR_API_FD: String(fd),
+        BR_CGROUP_PROCS: spec.cgroup.procsFile,
+        BR_UID: String(spec.hostUid),
+        BR_SECCOMP: spec.seccompFile,
+        PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+      },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn()
+  );
 
   const lines: string[] = [];
   const reading = Promise.all([
@@ -216,7 +229,7 @@ export async function startSandbox(spec: SandboxSpec): Promise<SandboxProcess> {
     };
   })();
 
-  return {
+  const process: SandboxProcess = {
     pid: child.pid,
     exited,
     output: () => [...lines],
@@ -228,4 +241,5 @@ export async function startSandbox(spec: SandboxSpec): Promise<SandboxProcess> {
       return await exited;
     },
   };
+  return { process, connection, token };
 }

@@ -38,7 +38,7 @@ async function setUp() {
   const cgroups = await CgroupTree.open(
     `blackrock-sandbox-test-${Deno.pid}`,
   );
-  const hub = ApiSocketHub.open();
+  const hub = ApiSocketHub.open(`${dir}/api.sock`);
   const running: SandboxProcess[] = [];
 
   const start = async (
@@ -49,8 +49,7 @@ async function setUp() {
   ) => {
     const volumeDir = `${dir}/${name}`;
     await prepareVolume(volumeDir, hostUid);
-    const { token, connection } = hub.expect();
-    const process = await startSandbox({
+    const { process, connection } = await startSandbox({
       packageDir: `${dir}/package`,
       volumeDir,
       hostUid,
@@ -58,9 +57,7 @@ async function setUp() {
       tmpBytes: 8 << 20,
       cgroup: await cgroups.create(name, memoryBytes),
       seccompFile: `${dir}/seccomp.bpf`,
-      apiPort: hub.port,
-      apiToken: token,
-    });
+    }, hub);
     running.push(process);
     return { process, connection: await connection, volumeDir };
   };

@@ -121,15 +121,21 @@ function responseStreamServer(): {
     finished.resolve();
   };
   const cap = rpc.serve(ByteStream, {
-    async write(params) {
-      if (!open) throw new rpc.RpcError("failed", "stream already done");
+    write(params) {
+      if (!open) {
+        return Promise.reject(
+          new rpc.RpcError("failed", "stream already done"),
+        );
+      }
       // The message's buffer is not ours to keep.
       controller.enqueue(params.data.toUint8Array().slice());
+      return Promise.resolve();
     },
-    async done() {
+    done() {
       end();
+      return Promise.resolve();
     },
-    async expectSize() {},
+    expectSize: () => Promise.resolve(),
   } as rpc.ServerOf<typeof ByteStream>, end);
   return {
     client: new ByteStream.Client(cap),
@@ -304,13 +310,14 @@ export class GrainSupervisor {
 
   private constructor(stream: rpc.ByteStream) {
     this.#api = rpc.serve(SandstormApi, {
-      stayAwake: async (_params, results) => {
+      stayAwake: (_params, results) => {
         this.#wakeLocks++;
         results.handle = new Handle.Client(
           rpc.serve(Handle, {} as rpc.ServerOf<typeof Handle>, () => {
             this.#wakeLocks--;
           }),
         );
+        return Promise.resolve();
       },
     } as rpc.ServerOf<typeof SandstormApi>);
     this.connection = new rpc.RpcConnection(new rpc.StreamConnection(stream), {
@@ -481,10 +488,11 @@ export class GrainSupervisor {
       },
     });
     const clientStream = rpc.serve(WebSession_WebSocketStream, {
-      async sendBytes(params) {
+      sendBytes(params) {
         try {
           controller.enqueue(params.message.toUint8Array().slice());
         } catch { /* reader gone */ }
+        return Promise.resolve();
       },
     } as rpc.ServerOf<typeof WebSession_WebSocketStream>, () => {
       try {
