@@ -222,6 +222,9 @@ export class NginxProcess {
       await Deno.mkdir(`${this.settings.dir}/tmp/${kind}`, { recursive: true });
     }
     await this.#write(shells);
+    // A pid file left by an nginx that was killed would make a reload
+    // look possible before this one can take signals.
+    await Deno.remove(this.#pidFile).catch(() => {});
     this.#child = new Deno.Command("nginx", {
       args: this.#args(),
       stdin: "null",
@@ -234,8 +237,29 @@ export class NginxProcess {
    * changed. Returns whether it reloaded. */
   async update(shells: string[]): Promise<boolean> {
     if (!(await this.#write(shells))) return false;
-    if (this.#child !== undefined) this.#child.kill("SIGHUP");
+    if (this.#child !== undefined) {
+      await this.#untilSignalsHandled();
+      this.#child?.kill("SIGHUP");
+    }
     return true;
+  }
+
+  get #pidFile(): string {
+    return `${this.settings.dir}/nginx.pid`;
+  }
+
+  /** nginx writes its pid file after installing its signal handlers; a
+   * SIGHUP before that would end it instead of reloading it. */
+  async #untilSignalsHandled(): Promise<void> {
+    for (let i = 0; i < 100; i++) {
+      try {
+        await Deno.stat(this.#pidFile);
+        return;
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    throw new NginxError("nginx did not write its pid file within 5 s");
   }
 
   /** The exit status promise of the nginx process, if started. */
