@@ -34,6 +34,7 @@ import {
 } from "./capability.ts";
 import type { MessageConnection } from "./transport.ts";
 import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
+import { frameLength } from "./framing.ts";
 
 /** Per-connection limits; a peer that passes one gets an error. */
 export interface ConnectionLimits {
@@ -537,8 +538,19 @@ export class RpcConnection {
         `message of ${bytes.length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
       );
     }
+    // capnp-es trusts the segment table; check it against the bytes first.
+    let framed: number;
+    try {
+      framed = frameLength(bytes, this.limits.maxMessageBytes);
+    } catch (error) {
+      throw new RpcProtocolError(`bad message framing: ${error}`);
+    }
+    if (framed !== bytes.length) {
+      throw new RpcProtocolError(
+        `message of ${bytes.length} bytes has a segment table for ${framed}`,
+      );
+    }
     const message = new $.Message(bytes, false);
-    message._capnp.traversalLimit = Math.max(bytes.length * 8, 8 << 10);
     const root = message.getRoot(rpc.Message);
     switch (root.which()) {
       case rpc.Message.CALL:

@@ -12,28 +12,20 @@
  */
 
 import { type MessageConnection, TransportClosedError } from "./transport.ts";
-import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
+import type { RpcMetrics } from "./metrics.ts";
+import { rpcMetrics } from "./metrics.ts";
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  FrameError,
+  frameLength,
+} from "./framing.ts";
 
-/** Frames larger than this are refused unless a limit is given. */
-export const DEFAULT_MAX_MESSAGE_BYTES = 64 << 20;
-
-/** Messages with more segments are refused (the C++ reader's limit). */
-export const MAX_SEGMENTS = 512;
-
-/**
- * The peer sent bytes that are not a valid frame: too many segments, or a
- * frame over the size limit. The stream cannot be resynchronized, so the
- * connection ends; the RPC engine answers with Abort first.
- */
-export class FrameError extends TransportClosedError {
-  /** Marks an error caused by the peer's bytes, not by the network. */
-  readonly badInput = true;
-
-  constructor(message: string) {
-    super(message);
-    this.name = "FrameError";
-  }
-}
+export {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  FrameError,
+  frameLength,
+  MAX_SEGMENTS,
+} from "./framing.ts";
 
 /** The byte stream under a {@link StreamConnection}. `Deno.Conn` fits. */
 export interface ByteStream {
@@ -51,42 +43,6 @@ export interface StreamOptions {
   peerVatId?: Uint8Array;
   /** Counters to add bad frames to. */
   metrics?: RpcMetrics;
-}
-
-/**
- * Reads the size of the frame at the start of `bytes`: the total length
- * (header included), or -1 when more bytes are needed to know. Throws
- * FrameError for an impossible or oversized frame.
- */
-export function frameLength(
-  bytes: Uint8Array,
-  maxMessageBytes: number = DEFAULT_MAX_MESSAGE_BYTES,
-): number {
-  if (bytes.length < 4) return -1;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-  const segmentCount = view.getUint32(0, true) + 1;
-  if (segmentCount > MAX_SEGMENTS || segmentCount === 0) {
-    throw new FrameError(
-      `frame declares ${segmentCount} segments; at most ${MAX_SEGMENTS} are allowed`,
-    );
-  }
-  const headerBytes = (4 + 4 * segmentCount + 7) & ~7;
-  if (headerBytes > maxMessageBytes) {
-    throw new FrameError(
-      `frame header of ${headerBytes} bytes is over the limit of ${maxMessageBytes}`,
-    );
-  }
-  if (bytes.length < 4 + 4 * segmentCount) return -1;
-  let total = headerBytes;
-  for (let i = 0; i < segmentCount; i++) {
-    total += view.getUint32(4 + 4 * i, true) * 8;
-    if (total > maxMessageBytes) {
-      throw new FrameError(
-        `frame of at least ${total} bytes is over the limit of ${maxMessageBytes}`,
-      );
-    }
-  }
-  return total;
 }
 
 const READ_CHUNK_BYTES = 64 << 10;
