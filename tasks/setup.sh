@@ -59,5 +59,6 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
 fi
 
 make -s -C ffi
+make -s -C tests/fixtures/impair_switch
 bash tasks/codegen.sh
 echo "setup: done (deno at $deno)"
