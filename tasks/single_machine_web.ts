@@ -35,11 +35,13 @@ function webToken(context: RoleContext): string {
 }
 
 /** Ports: gateway[0] is nginx's TLS port, [1] the gateway service behind
- * it, [2] the control port shells register on; shell[0] is the shell. */
+ * it, [2] the control port shells register on; shell[0] is the shell and
+ * shell[1] is where the shell finds the grain runner (the runner protocol
+ * of services/shell/grain_runner.ts), which the worker role serves. */
 function ports(context: RoleContext) {
   const gateway = context.ports.gateway ?? [];
   const shell = context.ports.shell ?? [];
-  if (gateway.length < 3 || shell.length < 1) {
+  if (gateway.length < 3 || shell.length < 2) {
     throw new Error("the shell and gateway roles need their ports allocated");
   }
   return {
@@ -47,6 +49,7 @@ function ports(context: RoleContext) {
     proxy: gateway[1],
     control: gateway[2],
     shell: shell[0],
+    runner: shell[1],
   };
 }
 
@@ -54,13 +57,17 @@ function ports(context: RoleContext) {
 export const shellRole: SingleMachineRole = {
   name: "shell",
   entry: "services/shell/main.ts",
-  ports: 1,
+  ports: 2,
   permissions: (context) => {
     const p = ports(context);
     return shellPermissions({
       dataDir: context.dataDir,
       readFiles: [context.configFile],
-      netHosts: [`127.0.0.1:${p.shell}`, `127.0.0.1:${p.control}`],
+      netHosts: [
+        `127.0.0.1:${p.shell}`,
+        `127.0.0.1:${p.control}`,
+        `127.0.0.1:${p.runner}`,
+      ],
     });
   },
   config: (context) => {
@@ -72,7 +79,7 @@ export const shellRole: SingleMachineRole = {
       grainHostSuffix: host,
       database: { kind: "sqlite", path: `${context.dataDir}/shell.sqlite` },
       packageDir: `${context.dataDir}/packages`,
-      runner: { kind: "none" },
+      runner: { kind: "http", url: `http://127.0.0.1:${p.runner}` },
       gateway: {
         controlUrl: `http://127.0.0.1:${p.control}`,
         token: webToken(context),
@@ -80,7 +87,10 @@ export const shellRole: SingleMachineRole = {
     };
   },
   describe: (context) =>
-    `http://127.0.0.1:${ports(context).shell}/ (reached through the gateway)`,
+    `http://127.0.0.1:${
+      ports(context).shell
+    }/ (reached through the gateway); ` +
+    `grains through the runner at http://127.0.0.1:${ports(context).runner}/`,
 };
 
 /** The gateway: nginx with TLS, routing to shells and grain sessions. */

@@ -74,6 +74,15 @@ export class HttpGrainRunner implements GrainRunner {
         }),
       });
     } catch (error) {
+      const cause = (error as Error).cause;
+      if (
+        cause instanceof Deno.errors.ConnectionRefused ||
+        /refused/i.test(`${(error as Error).message} ${cause}`)
+      ) {
+        throw new GrainUnavailableError(
+          `No worker is running on this Blackrock yet: nothing answers at ${this.#url}.`,
+        );
+      }
       throw new GrainUnavailableError(
         `The grain runner cannot be reached (${(error as Error).message}).`,
       );

@@ -5,7 +5,11 @@
 import assert from "node:assert/strict";
 import { Logger } from "../runtime/log.ts";
 import { buildSpk, generateKey } from "../spk/write.ts";
-import { type GrainRunner } from "./grain_runner.ts";
+import {
+  type GrainRunner,
+  GrainUnavailableError,
+  HttpGrainRunner,
+} from "./grain_runner.ts";
 import { PackageStore, spkVerifier } from "./packages.ts";
 import { hashPassword, verifyPassword } from "./password.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
@@ -264,4 +268,27 @@ Deno.test("random paths, cookies and forms never make the shell fail", async () 
   } finally {
     await world.done();
   }
+});
+
+Deno.test("a grain runner that does not answer gives a clear message", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const runner = new HttpGrainRunner(`http://127.0.0.1:${port}`);
+  await assert.rejects(
+    runner.open({
+      id: "g1",
+      ownerId: "u1",
+      packageId: "p",
+      appId: "a",
+      title: "t",
+      sizeBytes: 0,
+      createdAt: 0,
+      lastUsedAt: 0,
+    }, "/nowhere.spk"),
+    (e) =>
+      e instanceof GrainUnavailableError &&
+      /No worker is running on this Blackrock yet/.test(e.message),
+  );
+  assert.equal(await runner.sizeOf("g1"), undefined);
 });

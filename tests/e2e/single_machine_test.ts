@@ -3,14 +3,17 @@
 // the URL and the admin password; users, apps and grains survive stopping
 // and starting it again.
 //
-// Grains do not run on this path yet: no worker role is in the table, so
-// opening a grain shows the shell's "no worker" message. Saving data
-// through an app across a restart is covered by shell_e2e_test.ts with a
-// stand-in runner.
+// No worker role is in the table yet: the shell looks for its grain runner
+// on a port the table reserves for it (shown in the launcher's table).
+// This test serves that port with worker_runner.ts, the worker's own grain
+// manager and sandbox wired to the runner protocol, and restarts it with
+// the launcher. The app is the worker engineer's "notes" test app.
 import assert from "node:assert/strict";
+import type { Frame, Page } from "playwright-core";
+import { buildTestApps } from "../apps/build.ts";
 import { launchBrowser, signIn } from "./browser.ts";
 import { RoleProcess } from "./harness.ts";
-import { buildNotesSpk } from "./test_app.ts";
+import { startWorkerRunner } from "./worker_runner.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -51,24 +54,52 @@ function startBlackrock(dataDir: string, basePort: number): RoleProcess {
   ]);
 }
 
+async function grainFrame(page: Page): Promise<Frame> {
+  const element = await page.waitForSelector("#grain-frame");
+  const frame = await element.contentFrame();
+  assert.ok(frame);
+  await frame.waitForLoadState();
+  return frame;
+}
+
+/** A request from inside the grain's origin, as the app's page makes. */
+function fromGrain(frame: Frame, path: string, init: RequestInit = {}) {
+  return frame.evaluate(async ([path, init]) => {
+    const response = await fetch(path as string, init as RequestInit);
+    return { status: response.status, text: await response.text() };
+  }, [path, init] as const);
+}
+
 Deno.test({
   name:
-    "the single-machine Blackrock prints its URL and admin password and keeps users, apps and grains across a restart",
+    "the single-machine Blackrock prints its URL and admin password and keeps users, apps and grain data across a restart",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
+    const apps = await buildTestApps();
     const dataDir = await Deno.makeTempDir({ prefix: "blackrock-single-" });
+    // Grains run as their own uids and pass through to their folders.
+    await Deno.chmod(dataDir, 0o711);
     const basePort = freeRange();
+    const uidFirst = 72000;
     let launcher = startBlackrock(dataDir, basePort);
+    let runner: { stop(): Promise<void> } | undefined;
     const browser = await launchBrowser();
     try {
-      await Deno.writeFile(`${dataDir}/notes.spk`, await buildNotesSpk());
       const [, url] = await launcher.waitForLine(
         /open (https:\/\/localhost:\d+)\/ /,
         60_000,
       );
+      const [, runnerPort] = await launcher.waitForLine(
+        /grains through the runner at http:\/\/127\.0\.0\.1:(\d+)\//,
+      );
       const [, password] = await launcher.waitForLine(/Password: (\S+)/);
       await launcher.waitForLine(/all roles started/, 60_000);
+      runner = await startWorkerRunner(
+        `${dataDir}/worker`,
+        uidFirst,
+        Number(runnerPort),
+      );
 
       const page = browser.page;
       for (let i = 0;; i++) {
@@ -81,17 +112,22 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 200));
       }
       await signIn(page, url, "admin", password);
-      await page.setInputFiles("#spk", `${dataDir}/notes.spk`);
+      await page.setInputFiles("#spk", apps.notesSpk);
       await Promise.all([page.waitForURL(/installed=/), page.click("#upload")]);
       await Promise.all([
         page.waitForURL(/\/grain\//),
         page.click(".new-grain"),
       ]);
       const grainUrl = page.url();
-      assert.match(
-        await page.textContent("[role=alert]") ?? "",
-        /No worker is available/,
-      );
+      let frame = await grainFrame(page);
+      const saved = await fromGrain(frame, "/notes/todo", {
+        method: "PUT",
+        body: "water the plants",
+      });
+      assert.equal(saved.status, 201, saved.text);
+      await page.reload();
+      frame = await grainFrame(page);
+      assert.equal((await frame.textContent("body"))?.trim(), "todo");
       await page.fill("#rename-title", "Kept across restarts");
       await Promise.all([page.waitForURL(grainUrl), page.click("#rename")]);
       await page.goto(`${url}/admin`);
@@ -100,9 +136,16 @@ Deno.test({
       // Stop everything and start again on the same data folder.
       await launcher.stop();
       assert.equal((await launcher.child.status).code, 0, launcher.output);
+      await runner.stop();
+      runner = undefined;
       launcher = startBlackrock(dataDir, basePort);
       await launcher.waitForLine(/all roles started/, 60_000);
       assert.doesNotMatch(launcher.output, /Password:/, "admin made once");
+      runner = await startWorkerRunner(
+        `${dataDir}/worker`,
+        uidFirst,
+        Number(runnerPort),
+      );
 
       for (let i = 0;; i++) {
         const response = await page.goto(url).catch(() => undefined);
@@ -116,13 +159,15 @@ Deno.test({
       );
       assert.equal(await page.locator(".app .title").textContent(), "Notes");
       await page.goto(grainUrl);
+      frame = await grainFrame(page);
       assert.equal(
-        await page.textContent("#grain-title"),
-        "Kept across restarts",
+        (await fromGrain(frame, "/notes/todo")).text,
+        "water the plants",
       );
     } finally {
       await browser.close();
       await launcher.stop();
+      await runner?.stop();
       await Deno.remove(dataDir, { recursive: true });
     }
   },

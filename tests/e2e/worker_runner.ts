@@ -47,6 +47,7 @@ async function sizeOfTree(path: string): Promise<number> {
 export async function startWorkerRunner(
   stateDir: string,
   uidFirst: number,
+  port = 0,
 ): Promise<WorkerRunner> {
   const log = new Logger({ role: "worker", level: "warn" });
   const manager = await GrainManager.open({
@@ -86,7 +87,7 @@ export async function startWorkerRunner(
   }
 
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    { hostname: "127.0.0.1", port, onListen: () => {} },
     async (request) => {
       const url = new URL(request.url);
       try {
