@@ -92,6 +92,8 @@ export interface SimulatedCluster {
   master: ServerProcess;
   /** Starts machine `index`'s agent (a spare, or one that was killed). */
   bootMachine(index: number): Promise<void>;
+  /** Stops the master if it runs, and starts it again. */
+  restartMaster(): Promise<void>;
   /** SIGKILL to every process in machine `index`. */
   killMachine(index: number): Promise<void>;
   stop(): Promise<void>;
@@ -113,7 +115,9 @@ export async function startSimulatedCluster(options: {
   machines: number;
   spares?: number;
   dir: string;
-  logLevel?: string;
+  /** Log level of every process; readiness is seen in "info" lines, so
+   * "info" or "debug". */
+  logLevel?: "info" | "debug";
 }): Promise<SimulatedCluster> {
   const total = options.machines + (options.spares ?? 2);
   const network = await startNetwork({ machines: total });
@@ -151,12 +155,43 @@ export async function startSimulatedCluster(options: {
     }, { what: `the agent of m${index} listens`, timeoutMs: 60_000 });
     if (!state.active.includes(index)) state.active.push(index);
   };
+  const startMaster = async () => {
+    const description = `${options.dir}/cluster.json`;
+    const [command, ...args] = roleCommand({
+      deno: Deno.execPath(),
+      entry: `${root}/services/master/main.ts`,
+      permissions: {
+        net: [`${state.addresses[0]}:${MASTER_PORT}`, ...state.addresses],
+        read: [options.dir],
+        write: [options.dir],
+      },
+      overrides: [
+        `description=${description}`,
+        `listen.hostname=${state.addresses[0]}`,
+        `listen.port=${MASTER_PORT}`,
+      ],
+    });
+    cluster.master = network.spawn(1, {
+      name: "master",
+      command,
+      args,
+      env,
+    });
+    await cluster.master.waitReady(
+      () => cluster.master.log.includes('"event":"listening"'),
+      { what: "the master listens", timeoutMs: 60_000 },
+    );
+  };
   const cluster: SimulatedCluster = {
     state,
     network,
     agents,
     master: undefined as unknown as ServerProcess,
     bootMachine,
+    async restartMaster() {
+      await cluster.master?.stop();
+      await startMaster();
+    },
     async killMachine(index) {
       for (const pid of await pidsIn(state.namespaces[index - 1])) {
         try {
@@ -199,30 +234,7 @@ export async function startSimulatedCluster(options: {
         2,
       ),
     );
-    const [command, ...args] = roleCommand({
-      deno: Deno.execPath(),
-      entry: `${root}/services/master/main.ts`,
-      permissions: {
-        net: [`${state.addresses[0]}:${MASTER_PORT}`, ...state.addresses],
-        read: [options.dir],
-        write: [options.dir],
-      },
-      overrides: [
-        `description=${description}`,
-        `listen.hostname=${state.addresses[0]}`,
-        `listen.port=${MASTER_PORT}`,
-      ],
-    });
-    cluster.master = network.spawn(1, {
-      name: "master",
-      command,
-      args,
-      env,
-    });
-    await cluster.master.waitReady(
-      () => cluster.master.log.includes('"event":"listening"'),
-      { what: "the master listens", timeoutMs: 60_000 },
-    );
+    await cluster.restartMaster();
     await Deno.writeTextFile(
       `${options.dir}/state.json`,
       JSON.stringify(state, null, 2),

@@ -1,0 +1,196 @@
+// The simulated cluster of tasks/cluster.ts: five network namespaces, each
+// running the real machine agent under scoped permissions, and the real
+// master on machine 1 reaching them over RPC. What each machine runs is
+// read from the assignment its agent saved. Roles other than the
+// coordinator are started by their agents as assigned; whether they stay up
+// depends on those roles, so only their assignment is checked here.
+import assert from "node:assert/strict";
+import { startSimulatedCluster } from "../../tasks/cluster.ts";
+import { eventually } from "./harness.ts";
+
+const statusTool = new URL("../../tasks/cluster_status.ts", import.meta.url)
+  .pathname;
+
+async function rolesOf(dir: string, machine: number): Promise<string[]> {
+  try {
+    const text = await Deno.readTextFile(`${dir}/m${machine}/assignment.json`);
+    return JSON.parse(text).roles.map((r: { role: string }) => r.role);
+  } catch {
+    return [];
+  }
+}
+
+async function directoryOf(
+  dir: string,
+  machine: number,
+): Promise<{ version: number; vats: { machine: string }[] } | undefined> {
+  try {
+    return JSON.parse(
+      await Deno.readTextFile(`${dir}/m${machine}/directory.json`),
+    );
+  } catch {
+    return undefined;
+  }
+}
+
+async function pidsOf(namespace: string): Promise<number[]> {
+  const output = await new Deno.Command("ip", {
+    args: ["netns", "pids", namespace],
+    stdout: "piped",
+  }).output();
+  return new TextDecoder().decode(output.stdout).split("\n")
+    .filter((l) => l.trim() !== "").map(Number);
+}
+
+function commandLine(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/cmdline`).replaceAll("\0", " ");
+  } catch {
+    return "";
+  }
+}
+
+Deno.test({
+  name: "a simulated five-machine cluster assigns, heals, grows and shrinks",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    const dir = await Deno.makeTempDir({ prefix: "simulated-cluster-" });
+    const cluster = await startSimulatedCluster({
+      machines: 5,
+      spares: 1,
+      dir,
+    });
+    const tool = (...args: string[]) =>
+      cluster.network.exec(1, Deno.execPath(), [
+        "run",
+        "--allow-all",
+        statusTool,
+        "--inside",
+        "--dir",
+        dir,
+        ...args,
+      ]);
+    try {
+      await t.step("every machine gets roles from its specs", async () => {
+        await eventually("all five machines have roles", async () => {
+          for (let m = 1; m <= 5; m++) {
+            if ((await rolesOf(dir, m)).length === 0) return undefined;
+          }
+          return true;
+        }, 60_000);
+        assert.deepEqual(await rolesOf(dir, 1), ["storage", "coordinator"]);
+        assert.deepEqual(await rolesOf(dir, 2), [
+          "coordinator",
+          "gateway",
+          "shell",
+        ]);
+        for (const m of [3, 4, 5]) {
+          assert.deepEqual(await rolesOf(dir, m), ["worker"]);
+        }
+        const directories = await eventually(
+          "every machine knows every vat",
+          async () => {
+            const all = await Promise.all(
+              [1, 2, 3, 4, 5].map((m) => directoryOf(dir, m)),
+            );
+            return all.every((d) => d?.vats.length === 8) ? all : undefined;
+          },
+        );
+        for (const d of directories) assert.deepEqual(d, directories[0]);
+      });
+
+      await t.step(
+        "with the master dead, a killed role is restarted",
+        async () => {
+          await cluster.master.stop();
+          const namespace = cluster.state.namespaces[0];
+          const coordinator = await eventually(
+            "m1 runs a coordinator",
+            async () =>
+              (await pidsOf(namespace)).find((pid) =>
+                commandLine(pid).includes("services/coordinator/main.ts")
+              ),
+          );
+          Deno.kill(coordinator, "SIGKILL");
+          const replacement = await eventually(
+            "the coordinator is back",
+            async () =>
+              (await pidsOf(namespace)).find((pid) =>
+                pid !== coordinator &&
+                commandLine(pid).includes("services/coordinator/main.ts")
+              ),
+          );
+          assert.notEqual(replacement, coordinator);
+          assert.deepEqual(await rolesOf(dir, 1), ["storage", "coordinator"]);
+        },
+      );
+
+      await t.step(
+        "a dead machine's control roles move elsewhere",
+        async () => {
+          const before = (await directoryOf(dir, 3))!.version;
+          await cluster.restartMaster();
+          // The new master has done a round once it sent a newer directory;
+          // only then is m2 a machine it saw alive, and then saw die.
+          await eventually(
+            "the new master sends a directory",
+            async () =>
+              (await directoryOf(dir, 3))!.version > before ? true : undefined,
+          );
+          await cluster.killMachine(2);
+          const holders = await eventually(
+            "two coordinators run again",
+            async () => {
+              const found: number[] = [];
+              for (const m of [1, 3, 4, 5]) {
+                if ((await rolesOf(dir, m)).includes("coordinator")) {
+                  found.push(m);
+                }
+              }
+              return found.length === 2 ? found : undefined;
+            },
+            60_000,
+          );
+          assert.ok(holders.includes(1));
+          await eventually("m2 leaves the directory", async () => {
+            const d = await directoryOf(dir, 3);
+            return d!.vats.some((v) => v.machine === "m2") ? undefined : true;
+          });
+          const everyRole = new Set<string>();
+          for (const m of [1, 3, 4, 5]) {
+            for (const role of await rolesOf(dir, m)) everyRole.add(role);
+          }
+          assert.deepEqual([...everyRole].sort(), [
+            "coordinator",
+            "gateway",
+            "shell",
+            "storage",
+            "worker",
+          ]);
+        },
+      );
+
+      await t.step("an added machine becomes a worker", async () => {
+        await cluster.bootMachine(6);
+        const address = `${cluster.state.addresses[5]}:7000`;
+        await tool("--add", "m6", address);
+        await eventually(
+          "m6 gets a role",
+          async () => (await rolesOf(dir, 6)).length > 0 ? true : undefined,
+        );
+        assert.deepEqual(await rolesOf(dir, 6), ["worker"]);
+      });
+
+      await t.step("a removed machine stops its roles", async () => {
+        const output = await tool("--remove", "m6");
+        assert.match(output, /removed m6/);
+        assert.doesNotMatch(output, /^m6 /m);
+        assert.deepEqual(await rolesOf(dir, 6), []);
+      });
+    } finally {
+      await cluster.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
