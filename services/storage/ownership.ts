@@ -16,7 +16,12 @@
  *
  * @module
  */
-import { ConditionFailedError, type Disk, KeyedMutex } from "./disk.ts";
+import {
+  ConditionFailedError,
+  type Disk,
+  DiskError,
+  KeyedMutex,
+} from "./disk.ts";
 import {
   metadataKeyOf,
   newVersionTag,
@@ -52,6 +57,10 @@ export interface OwnershipRecord {
   /** Random per update, to recognize one's own write after a retry. */
   stamp?: string;
 }
+
+/** Compare-and-set attempts before a record is declared too contended (or
+ * the disk's conditional writes broken). */
+export const MAX_CAS_ATTEMPTS = 1000;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -135,7 +144,13 @@ export class Ownership {
   ): Promise<OwnershipRecord> {
     return this.#mutex.run(id, async () => {
       let current = this.#cache.get(id) ?? await this.read(id);
-      for (;;) {
+      for (let attempt = 0;; attempt++) {
+        if (attempt === MAX_CAS_ATTEMPTS) {
+          throw new DiskError(
+            `ownership record of ${id} kept changing: ${attempt} ` +
+              "compare-and-set attempts failed",
+          );
+        }
         if (current === null) throw new ObjectNotFoundError(id);
         const record = structuredClone(current.record);
         change(record);

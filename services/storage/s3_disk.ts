@@ -114,7 +114,7 @@ export class S3Disk implements Disk {
             ? "*"
             : undefined,
           IfMatch: condition !== undefined && "ifMatch" in condition
-            ? `"${condition.ifMatch}"`
+            ? condition.ifMatch
             : undefined,
         }),
       );

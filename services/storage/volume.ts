@@ -23,7 +23,8 @@
  *
  * @module
  */
-import { ConditionFailedError } from "./disk.ts";
+import { ConditionFailedError, DiskError } from "./disk.ts";
+import { MAX_CAS_ATTEMPTS } from "./ownership.ts";
 import {
   contentKeyOf,
   CorruptObjectError,
@@ -360,7 +361,10 @@ export class VolumeReader {
    * out every earlier holder. Returns the new holder's writer.
    */
   async takeLease(): Promise<VolumeWriter> {
-    for (;;) {
+    for (let attempt = 0;; attempt++) {
+      if (attempt === MAX_CAS_ATTEMPTS) {
+        throw new DiskError(`head of volume ${this.id} kept changing`);
+      }
       const { head, etag } = await this.loadHead();
       const next = { ...head, commit: newVersionTag(), epoch: head.epoch + 1 };
       try {
@@ -607,7 +611,10 @@ export class VolumeWriter {
   async #commit(operations: Operation[]): Promise<void> {
     const { disk, ownership } = this.volume.context;
     const id = this.volume.id;
-    for (;;) {
+    for (let attempt = 0;; attempt++) {
+      if (attempt === MAX_CAS_ATTEMPTS) {
+        throw new DiskError(`head of volume ${id} kept changing`);
+      }
       const current = this.#head ?? await this.volume.loadHead();
       this.#head = current;
       const { head, etag } = current;
