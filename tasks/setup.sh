@@ -17,6 +17,7 @@ packages=(
   slapd ldap-utils
   nginx-light
   libnbd-bin nbdkit qemu-utils fio
+  debootstrap
   chromium
 )
 missing=()
