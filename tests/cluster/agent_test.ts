@@ -9,6 +9,8 @@ import {
   type RoleCatalogue,
   type RoleDefinition,
 } from "../../services/agent/agent.ts";
+import { loadOrCreateVatKey } from "../../services/agent/vat_key.ts";
+import { VatIdentity, vatIdHex } from "../../services/rpc/vat_id.ts";
 
 const quiet = new Logger({ role: "agent", level: "error" });
 const testRole = new URL("./testdata/test_role.ts", import.meta.url).pathname;
@@ -268,4 +270,18 @@ Deno.test("stale or malformed assignments and directories are refused", async ()
     const kept = JSON.parse(await Deno.readTextFile(agent.directoryFile));
     assert.equal(kept.version, 2);
   });
+});
+
+Deno.test("the vat keys the agent makes load as RPC vat identities", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vat-key-test-" });
+  try {
+    const vatId = await loadOrCreateVatKey(`${dir}/vat.key`);
+    assert.equal(await loadOrCreateVatKey(`${dir}/vat.key`), vatId);
+    const identity = await VatIdentity.load(`${dir}/vat.key`);
+    assert.equal(vatIdHex(identity.vatId), vatId);
+    await Deno.chmod(`${dir}/vat.key`, 0o644);
+    await assert.rejects(loadOrCreateVatKey(`${dir}/vat.key`), /mode 644/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
