@@ -324,3 +324,64 @@ Deno.test("random hosts, paths and control requests never make the gateway fail"
   );
   assert.deepEqual(gateway.shells(), [], "no garbage registered as a shell");
 });
+
+Deno.test({
+  name: "an nginx left behind by a killed gateway is stopped by the next one",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "gateway-orphan-" });
+    const backend = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      () => new Response("ok"),
+    );
+    await ensureCertificate(
+      `${dir}/server.pem`,
+      `${dir}/server.key`,
+      "localhost",
+      "localhost",
+    );
+    const settings = {
+      dir,
+      listenHostname: "127.0.0.1",
+      listenPort: freePort(),
+      mainHostname: "localhost",
+      grainHostname: "localhost",
+      certFile: `${dir}/server.pem`,
+      keyFile: `${dir}/server.key`,
+      gateway: `127.0.0.1:${backend.addr.port}`,
+      shells: [],
+      maxBodyBytes: 1024,
+    };
+    const orphan = new NginxProcess(settings);
+    const next = new NginxProcess(settings);
+    const client = Deno.createHttpClient({
+      caCerts: [await Deno.readTextFile(`${dir}/server.pem`)],
+    });
+    try {
+      await orphan.start([]);
+      const url = `https://localhost:${settings.listenPort}/`;
+      const answer = async () => {
+        for (let i = 0; i < 100; i++) {
+          const response = await fetch(url, { client }).catch(() => undefined);
+          if (response !== undefined) return await response.text();
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        throw new Error("nginx never answered");
+      };
+      assert.equal(await answer(), "ok");
+      // The first gateway "dies" without stopping its nginx; the next one
+      // starts on the same folder and port.
+      await next.start([]);
+      const orphanStatus = await orphan.status!;
+      assert.equal(orphanStatus.success, true, "the orphan quit cleanly");
+      assert.equal(await answer(), "ok");
+    } finally {
+      client.close();
+      await next.stop();
+      await orphan.stop();
+      await backend.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

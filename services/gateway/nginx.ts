@@ -44,7 +44,10 @@ const ADDRESS = /^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$/;
 const HOSTNAME = /^[A-Za-z0-9.\-]+$/;
 
 /** Renders nginx.conf; refuses values that could inject directives. */
-export function renderNginxConf(s: NginxSettings): string {
+export function renderNginxConf(
+  s: NginxSettings,
+  pidFile = `${s.dir}/nginx.pid`,
+): string {
   for (const address of [s.gateway, ...s.shells]) {
     if (!ADDRESS.test(address)) {
       throw new NginxError(`bad upstream address ${JSON.stringify(address)}`);
@@ -76,7 +79,7 @@ export function renderNginxConf(s: NginxSettings): string {
   return `# Written by the Blackrock gateway; rewritten when shells change.
 daemon off;
 ${user}worker_processes 1;
-pid ${s.dir}/nginx.pid;
+pid ${pidFile};
 error_log ${s.dir}/error.log warn;
 events { worker_connections 1024; }
 http {
@@ -199,8 +202,15 @@ export class NginxProcess {
   async #write(shells: string[]): Promise<boolean> {
     const text = renderNginxConf({ ...this.settings, shells });
     if (text === this.#written) return false;
-    await Deno.writeTextFile(`${this.confPath}.new`, text);
-    // nginx -t checks the new file before it replaces the running one.
+    // nginx -t checks the new configuration before it replaces the running
+    // one. It writes the pid file it names, so it is given its own.
+    await Deno.writeTextFile(
+      `${this.confPath}.new`,
+      renderNginxConf(
+        { ...this.settings, shells },
+        `${this.settings.dir}/nginx-test.pid`,
+      ),
+    );
     await run("nginx", [
       "-t",
       "-q",
@@ -211,6 +221,7 @@ export class NginxProcess {
       "-e",
       `${this.settings.dir}/error.log`,
     ]);
+    await Deno.writeTextFile(`${this.confPath}.new`, text);
     await Deno.rename(`${this.confPath}.new`, this.confPath);
     this.#written = text;
     return true;
@@ -222,6 +233,7 @@ export class NginxProcess {
       await Deno.mkdir(`${this.settings.dir}/tmp/${kind}`, { recursive: true });
     }
     await this.#write(shells);
+    await this.#stopOrphan();
     // A pid file left by an nginx that was killed would make a reload
     // look possible before this one can take signals.
     await Deno.remove(this.#pidFile).catch(() => {});
@@ -244,6 +256,23 @@ export class NginxProcess {
     return true;
   }
 
+  /** An nginx left running by a gateway that was killed (SIGKILL gives it
+   * no chance to stop its child) still holds the port: ask it to quit,
+   * through its own pid file, and wait until it has. */
+  async #stopOrphan(): Promise<void> {
+    const text = await Deno.readTextFile(this.#pidFile).catch(() => "");
+    if (!/^\d+\s*$/.test(text)) return;
+    await run("nginx", this.#args("-s", "quit")).catch(() => {});
+    for (let i = 0; i < 100; i++) {
+      try {
+        await Deno.stat(this.#pidFile);
+      } catch {
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
   get #pidFile(): string {
     return `${this.settings.dir}/nginx.pid`;
   }
@@ -251,13 +280,11 @@ export class NginxProcess {
   /** nginx writes its pid file after installing its signal handlers; a
    * SIGHUP before that would end it instead of reloading it. */
   async #untilSignalsHandled(): Promise<void> {
+    const pid = String(this.#child?.pid);
     for (let i = 0; i < 100; i++) {
-      try {
-        await Deno.stat(this.#pidFile);
-        return;
-      } catch {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
+      const text = await Deno.readTextFile(this.#pidFile).catch(() => "");
+      if (text.trim() === pid) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
     throw new NginxError("nginx did not write its pid file within 5 s");
   }
