@@ -209,6 +209,21 @@ Deno.test("the route lookup needs the gateway token and names the session's righ
     assert.equal(unknown.status, 404);
     await unknown.body?.cancel();
 
+    // Titles are escaped wherever they appear.
+    const renamed = await world.call(`${grainPath}/rename`, {
+      method: "POST",
+      headers: { cookie: session },
+      body: new URLSearchParams({ csrf, title: "<script>alert(1)</script>" }),
+    });
+    assert.equal(renamed.status, 303);
+    for (const path of ["/", grainPath]) {
+      const html = await (await world.call(path, {
+        headers: { cookie: session },
+      })).text();
+      assert.ok(!html.includes("<script>alert(1)"), path);
+      assert.ok(html.includes("&lt;script&gt;alert(1)&lt;/script&gt;"), path);
+    }
+
     // Over quota, no new grain is created.
     await world.repo.setGrainSize(grainPath.split("/").pop()!, 5000);
     const over = await world.call(`/apps/${packageId}/new`, {
