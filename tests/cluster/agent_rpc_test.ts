@@ -1,6 +1,7 @@
 // The master and agents talking over real RPC on loopback TCP
 // (proto/agent.capnp), with agents supervising real role processes.
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { Logger } from "../../services/runtime/log.ts";
 import { Agent, type RoleCatalogue } from "../../services/agent/agent.ts";
 import { listenControl } from "../../services/agent/control.ts";
@@ -74,7 +75,7 @@ Deno.test("the master assigns roles and spreads the directory over RPC", async (
     const directory = JSON.parse(
       await Deno.readTextFile(agents[1].directoryFile),
     );
-    assert.equal(directory.vats.length, 6);
+    assert.equal(directory.vats.length, 6, JSON.stringify(directory));
     const storage = directory.vats.find((v: { role: string }) =>
       v.role === "storage"
     );
@@ -109,4 +110,18 @@ Deno.test("agent addresses are parsed or refused", () => {
   assert.deepEqual(parseAddress("[::1]:7000"), { hostname: "::1", port: 7000 });
   assert.throws(() => parseAddress("10.77.0.3"), /host:port/);
   assert.throws(() => parseAddress("h:99999"), /host:port/);
+});
+
+Deno.test("any text is parsed as an address or refused with a RangeError", () => {
+  fc.assert(
+    fc.property(fc.string(), (text) => {
+      try {
+        const { hostname, port } = parseAddress(text);
+        assert.ok(hostname.length > 0 && port >= 1 && port <= 65535);
+      } catch (error) {
+        assert.ok(error instanceof RangeError, String(error));
+      }
+    }),
+    { numRuns: 2000, seed: 8 },
+  );
 });

@@ -2,6 +2,7 @@
 // process started under the permissions the catalogue grants, killed with
 // real signals, and restarted by the agent's supervisor.
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { Logger } from "../../services/runtime/log.ts";
 import {
   Agent,
@@ -284,4 +285,43 @@ Deno.test("the vat keys the agent makes load as RPC vat identities", async () =>
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("arbitrary assignments and directories get a typed error, never a crash", async () => {
+  await withMachine(async ({ boot }) => {
+    const agent = await boot();
+    const roleish = fc.oneof(
+      fc.constantFrom("worker", "storage", "coordinator", "nope"),
+      fc.string(),
+    );
+    const assignmentish = fc.oneof(
+      fc.anything(),
+      fc.record({
+        version: fc.oneof(fc.integer(), fc.double(), fc.string()),
+        roles: fc.array(
+          fc.record({
+            role: roleish,
+            settings: fc.dictionary(fc.string(), fc.anything()),
+          }),
+          { maxLength: 3 },
+        ),
+      }),
+    );
+    await fc.assert(
+      fc.asyncProperty(assignmentish, fc.anything(), async (a, d) => {
+        // Only refusals: version -1 can never be accepted, so no role runs.
+        const bad = typeof a === "object" && a !== null && "version" in a
+          ? { ...a, version: -1 }
+          : a;
+        await assert.rejects(agent.assign(bad), AgentRequestError);
+        try {
+          await agent.setDirectory(d);
+        } catch (error) {
+          assert.ok(error instanceof AgentRequestError, String(error));
+        }
+      }),
+      { numRuns: 300, seed: 8 },
+    );
+    assert.deepEqual(agent.report().roles, []);
+  });
 });
