@@ -16,6 +16,8 @@
  * @module
  */
 
+import { LIBC_PATH } from "./kernel_files.ts";
+
 const TOKEN_BYTES = 16;
 const TOKEN_LINE_BYTES = TOKEN_BYTES * 2 + 1;
 
@@ -32,7 +34,7 @@ const libcSymbols = {
 let libc: Deno.DynamicLibrary<typeof libcSymbols> | undefined;
 
 function openLibc(): Deno.DynamicLibrary<typeof libcSymbols>["symbols"] {
-  libc ??= Deno.dlopen("libc.so.6", libcSymbols);
+  libc ??= Deno.dlopen(LIBC_PATH, libcSymbols);
   return libc.symbols;
 }
 

@@ -5,53 +5,64 @@
  * limit is what the kernel enforces, and its OOM-kill counter is how the
  * worker learns that the kernel killed something in the grain.
  *
+ * Control files are read and written through kernel_files.ts (libc),
+ * since Deno refuses /sys paths to a process without --allow-all.
+ *
  * @module
  */
+import {
+  KernelFileError,
+  kernelFileExists,
+  makeKernelDirectory,
+  readKernelFile,
+  removeKernelDirectory,
+  writeKernelFile,
+} from "./kernel_files.ts";
 
 /** Which cgroup interface a machine offers for memory. */
 export type CgroupVersion = 1 | 2;
 
 /** Finds the memory controller: v1 when a `memory` hierarchy is mounted,
  * else v2 when the unified hierarchy has it. Throws if neither does. */
-export async function detectMemoryCgroup(
+export function detectMemoryCgroup(
   mountRoot = "/sys/fs/cgroup",
-): Promise<{ version: CgroupVersion; base: string }> {
-  try {
-    await Deno.stat(`${mountRoot}/memory/memory.limit_in_bytes`);
+): { version: CgroupVersion; base: string } {
+  if (kernelFileExists(`${mountRoot}/memory/memory.limit_in_bytes`)) {
     return { version: 1, base: `${mountRoot}/memory` };
-  } catch { /* not v1 */ }
-  try {
-    const controllers = await Deno.readTextFile(
-      `${mountRoot}/cgroup.controllers`,
-    );
+  }
+  if (kernelFileExists(`${mountRoot}/cgroup.controllers`)) {
+    const controllers = readKernelFile(`${mountRoot}/cgroup.controllers`);
     if (controllers.split(/\s+/).includes("memory")) {
       return { version: 2, base: mountRoot };
     }
-  } catch { /* not v2 either */ }
+  }
   throw new Error(`no memory cgroup controller under ${mountRoot}`);
 }
 
 /** Reads a counter file; undefined if it is absent. */
-async function readNumber(path: string): Promise<number | undefined> {
+function readNumber(path: string): number | undefined {
   try {
-    const text = (await Deno.readTextFile(path)).trim();
+    const text = readKernelFile(path).trim();
     return text === "max" ? Infinity : Number(text);
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return undefined;
+    if (error instanceof KernelFileError && error.notFound) return undefined;
     throw error;
   }
 }
 
 /** A "key value" line file such as memory.events or memory.oom_control. */
-async function readKeyed(path: string): Promise<Map<string, number>> {
+function readKeyed(path: string): Map<string, number> {
   const map = new Map<string, number>();
+  let text = "";
   try {
-    for (const line of (await Deno.readTextFile(path)).split("\n")) {
-      const [key, value] = line.trim().split(/\s+/);
-      if (key && value !== undefined) map.set(key, Number(value));
-    }
+    text = readKernelFile(path);
   } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    if (error instanceof KernelFileError && error.notFound) return map;
+    throw error;
+  }
+  for (const line of text.split("\n")) {
+    const [key, value] = line.trim().split(/\s+/);
+    if (key && value !== undefined) map.set(key, Number(value));
   }
   return map;
 }
@@ -74,7 +85,7 @@ export class GrainCgroup {
     const file = this.version === 1
       ? "memory.usage_in_bytes"
       : "memory.current";
-    return (await readNumber(`${this.path}/${file}`)) ?? 0;
+    return await Promise.resolve(readNumber(`${this.path}/${file}`) ?? 0);
   }
 
   /** The most the grain has used since it started. */
@@ -82,22 +93,26 @@ export class GrainCgroup {
     const file = this.version === 1
       ? "memory.max_usage_in_bytes"
       : "memory.peak";
-    return await readNumber(`${this.path}/${file}`);
+    return await Promise.resolve(readNumber(`${this.path}/${file}`));
   }
 
   /** How many processes of the grain the kernel's OOM killer ended. */
   async oomKills(): Promise<number> {
     const file = this.version === 1 ? "memory.oom_control" : "memory.events";
-    return (await readKeyed(`${this.path}/${file}`)).get("oom_kill") ?? 0;
+    return await Promise.resolve(
+      readKeyed(`${this.path}/${file}`).get("oom_kill") ?? 0,
+    );
   }
 
   /** Pids still in the group. */
   async pids(): Promise<number[]> {
     try {
-      return (await Deno.readTextFile(this.procsFile)).split("\n")
-        .filter((line) => line !== "").map(Number);
+      return await Promise.resolve(
+        readKernelFile(this.procsFile).split("\n")
+          .filter((line) => line !== "").map(Number),
+      );
     } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return [];
+      if (error instanceof KernelFileError && error.notFound) return [];
       throw error;
     }
   }
@@ -106,7 +121,7 @@ export class GrainCgroup {
   async killAll(): Promise<void> {
     if (this.version === 2) {
       try {
-        await Deno.writeTextFile(`${this.path}/cgroup.kill`, "1");
+        writeKernelFile(`${this.path}/cgroup.kill`, "1");
       } catch { /* older kernel: fall back to signalling each pid */ }
     }
     for (let round = 0; round < 100; round++) {
@@ -127,11 +142,10 @@ export class GrainCgroup {
     await this.killAll();
     for (let attempt = 0;; attempt++) {
       try {
-        await Deno.remove(this.path);
+        removeKernelDirectory(this.path);
         return;
       } catch (error) {
-        if (error instanceof Deno.errors.NotFound) return;
-        // The kernel may still be tearing down the last task.
+        // The kernel may still be tearing down the last task (EBUSY).
         if (attempt >= 50) throw error;
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
@@ -153,20 +167,20 @@ export class CgroupTree {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
       throw new RangeError(`bad cgroup name ${JSON.stringify(name)}`);
     }
-    const { version, base } = await detectMemoryCgroup(mountRoot);
+    const { version, base } = detectMemoryCgroup(mountRoot);
     const path = `${base}/${name}`;
-    await Deno.mkdir(path, { recursive: true });
+    makeKernelDirectory(path);
     if (version === 2) {
       // Children only get a memory controller if the parent hands it on.
-      await Deno.writeTextFile(`${path}/cgroup.subtree_control`, "+memory");
+      writeKernelFile(`${path}/cgroup.subtree_control`, "+memory");
     } else {
       // Hierarchical accounting makes the worker group's usage the sum of
       // its grains'. Refused (EBUSY) once children exist; already set then.
-      await Deno.writeTextFile(`${path}/memory.use_hierarchy`, "1").catch(
-        () => {},
-      );
+      try {
+        writeKernelFile(`${path}/memory.use_hierarchy`, "1");
+      } catch { /* already set */ }
     }
-    return new CgroupTree(version, path);
+    return await Promise.resolve(new CgroupTree(version, path));
   }
 
   /** Makes the group for one grain with a hard memory limit. */
@@ -176,21 +190,20 @@ export class CgroupTree {
     }
     const group = new GrainCgroup(this.version, `${this.path}/${grainName}`);
     await group.remove();
-    await Deno.mkdir(group.path);
+    makeKernelDirectory(group.path);
     const limit = String(Math.floor(limitBytes));
     if (this.version === 1) {
-      await Deno.writeTextFile(`${group.path}/memory.limit_in_bytes`, limit);
+      writeKernelFile(`${group.path}/memory.limit_in_bytes`, limit);
       // With swap accounting on, also cap memory+swap so that swapping out
       // does not let a grain pass its limit.
-      await Deno.writeTextFile(
-        `${group.path}/memory.memsw.limit_in_bytes`,
-        limit,
-      ).catch(() => {});
+      if (kernelFileExists(`${group.path}/memory.memsw.limit_in_bytes`)) {
+        writeKernelFile(`${group.path}/memory.memsw.limit_in_bytes`, limit);
+      }
     } else {
-      await Deno.writeTextFile(`${group.path}/memory.max`, limit);
-      await Deno.writeTextFile(`${group.path}/memory.swap.max`, "0").catch(
-        () => {},
-      );
+      writeKernelFile(`${group.path}/memory.max`, limit);
+      if (kernelFileExists(`${group.path}/memory.swap.max`)) {
+        writeKernelFile(`${group.path}/memory.swap.max`, "0");
+      }
     }
     return group;
   }

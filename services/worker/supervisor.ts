@@ -292,6 +292,186 @@ function errorResponse(
   return new Response(error.descriptionHtml, { status, headers });
 }
 
+/** Opens a WebSession for `user`; the caller releases it when done. */
+export async function openWebSession(
+  uiView: UiView$Client,
+  user: SessionUser,
+  options: { basePath?: string; userAgent?: string } = {},
+): Promise<WebSession$Client> {
+  const context = rpc.serve(
+    SessionContext,
+    {} as rpc.ServerOf<typeof SessionContext>,
+  );
+  try {
+    const result = await uiView.newSession((params) => {
+      const info = params._initUserInfo();
+      info._initDisplayName().defaultText = user.displayName;
+      info.preferredHandle = user.preferredHandle ?? "";
+      const id = user.identityId ?? new Uint8Array();
+      info._initIdentityId(id.length).copyBuffer(id);
+      const flags = user.permissions ?? [];
+      const permissions = info._initPermissions(flags.length);
+      flags.forEach((flag, i) => permissions.set(i, flag));
+      params.context = new SessionContext.Client(context);
+      params.sessionType = WebSession.Client.interfaceId;
+      // sessionParams is an AnyPointer (pointer 2 of the params struct)
+      // holding WebSession.Params.
+      const web = $.utils.initStructAt(2, WebSession_Params, params);
+      web.basePath = options.basePath ?? "http://grain.invalid";
+      web.userAgent = options.userAgent ?? "";
+      web._initAcceptableLanguages(1).set(0, "en");
+      params._initTabId(0);
+    }).promise();
+    return new WebSession.Client(rpc.retain(result.session).client);
+  } finally {
+    context.close();
+  }
+}
+
+/** Relays one HTTP request to a WebSession and returns its response. */
+export async function relayRequest(
+  session: WebSession$Client,
+  request: Request,
+): Promise<Response> {
+  const url = new URL(request.url);
+  const path = (url.pathname + url.search).replace(/^\//, "");
+  const method = request.method.toUpperCase();
+  const body = method === "GET" || method === "HEAD" || method === "DELETE"
+    ? new Uint8Array()
+    : new Uint8Array(await request.arrayBuffer());
+  const mimeType = request.headers.get("content-type") ?? "";
+  const encoding = request.headers.get("content-encoding") ?? "";
+  const stream = responseStreamServer();
+
+  const setContent = (content: {
+    mimeType: string;
+    encoding: string;
+    _initContent(length: number): $.Data;
+  }) => {
+    content.mimeType = mimeType;
+    content.encoding = encoding;
+    content._initContent(body.length).copyBuffer(body);
+  };
+  const setContext = (context: WebSession_Context) => {
+    fillContext(context, request);
+    context.responseStream = stream.client;
+  };
+
+  let pending;
+  switch (method) {
+    case "GET":
+    case "HEAD":
+      pending = session.get((p) => {
+        p.path = path;
+        setContext(p._initContext());
+        p.ignoreBody = method === "HEAD";
+      });
+      break;
+    case "POST":
+      pending = session.post((p) => {
+        p.path = path;
+        setContent(p._initContent());
+        setContext(p._initContext());
+      });
+      break;
+    case "PUT":
+      pending = session.put((p) => {
+        p.path = path;
+        setContent(p._initContent());
+        setContext(p._initContext());
+      });
+      break;
+    case "PATCH":
+      pending = session.patch((p) => {
+        p.path = path;
+        setContent(p._initContent());
+        setContext(p._initContext());
+      });
+      break;
+    case "DELETE":
+      pending = session.delete((p) => {
+        p.path = path;
+        setContext(p._initContext());
+      });
+      break;
+    default:
+      stream.client.client.close();
+      return new Response(`method ${method} not relayed`, { status: 405 });
+  }
+
+  let result: WebSession_Response;
+  try {
+    result = await pending.promise();
+  } catch (error) {
+    stream.client.client.close();
+    throw error;
+  }
+  const { response, streamed } = toWebResponse(result, stream.readable);
+  if (streamed) {
+    // Dropping the handle would tell the app to stop; keep it until the
+    // body is complete.
+    const handle = rpc.retain(result.content.body.stream);
+    stream.finished.finally(() => {
+      rpc.release(handle);
+      stream.client.client.close();
+    });
+  } else {
+    stream.client.client.close();
+  }
+  return response;
+}
+
+/** Opens a WebSocket on the session; frames pass through unchanged. */
+export async function relayWebSocket(
+  session: WebSession$Client,
+  path: string,
+  protocols: string[] = [],
+): Promise<RelayedWebSocket> {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  const frames = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+  });
+  const clientStream = rpc.serve(WebSession_WebSocketStream, {
+    sendBytes(params) {
+      try {
+        controller.enqueue(params.message.toUint8Array().slice());
+      } catch { /* reader gone */ }
+      return Promise.resolve();
+    },
+  } as rpc.ServerOf<typeof WebSession_WebSocketStream>, () => {
+    try {
+      controller.close();
+    } catch { /* already closed */ }
+  });
+  const stream = responseStreamServer();
+  const result = await session.openWebSocket((p) => {
+    p.path = path.replace(/^\//, "");
+    const context = p._initContext();
+    context.responseStream = stream.client;
+    const list = p._initProtocol(protocols.length);
+    protocols.forEach((protocol, i) => list.set(i, protocol));
+    p.clientStream = new WebSession_WebSocketStream.Client(clientStream);
+  }).promise();
+  stream.client.client.close();
+  const server = rpc.retain(result.serverStream);
+  const accepted = [...result.protocol];
+  return {
+    protocols: accepted,
+    frames,
+    async send(bytes: Uint8Array) {
+      await server.sendBytes((p) => {
+        p._initMessage(bytes.length).copyBuffer(bytes);
+      }).promise();
+    },
+    close() {
+      rpc.release(server);
+      clientStream.close();
+    },
+  };
+}
+
 /**
  * One grain's fd-3 connection, seen from the platform.
  *
@@ -347,183 +527,26 @@ export class GrainSupervisor {
     return info._hasAppTitle() ? info.appTitle.defaultText : "";
   }
 
-  /** Opens a WebSession for `user`; the caller releases it when done. */
-  async newWebSession(
+  /** Opens a WebSession for `user`; see {@link openWebSession}. */
+  newWebSession(
     user: SessionUser,
     options: { basePath?: string; userAgent?: string } = {},
   ): Promise<WebSession$Client> {
-    const context = rpc.serve(
-      SessionContext,
-      {} as rpc.ServerOf<typeof SessionContext>,
-    );
-    try {
-      const result = await this.uiView.newSession((params) => {
-        const info = params._initUserInfo();
-        info._initDisplayName().defaultText = user.displayName;
-        info.preferredHandle = user.preferredHandle ?? "";
-        const id = user.identityId ?? new Uint8Array();
-        info._initIdentityId(id.length).copyBuffer(id);
-        const flags = user.permissions ?? [];
-        const permissions = info._initPermissions(flags.length);
-        flags.forEach((flag, i) => permissions.set(i, flag));
-        params.context = new SessionContext.Client(context);
-        params.sessionType = WebSession.Client.interfaceId;
-        // sessionParams is an AnyPointer (pointer 2 of the params struct)
-        // holding WebSession.Params.
-        const web = $.utils.initStructAt(2, WebSession_Params, params);
-        web.basePath = options.basePath ?? "http://grain.invalid";
-        web.userAgent = options.userAgent ?? "";
-        web._initAcceptableLanguages(1).set(0, "en");
-        params._initTabId(0);
-      }).promise();
-      return new WebSession.Client(rpc.retain(result.session).client);
-    } finally {
-      context.close();
-    }
+    return openWebSession(this.uiView, user, options);
   }
 
-  /** Relays one HTTP request to a WebSession and returns its response. */
-  async fetch(
-    session: WebSession$Client,
-    request: Request,
-  ): Promise<Response> {
-    const url = new URL(request.url);
-    const path = (url.pathname + url.search).replace(/^\//, "");
-    const method = request.method.toUpperCase();
-    const body = method === "GET" || method === "HEAD" || method === "DELETE"
-      ? new Uint8Array()
-      : new Uint8Array(await request.arrayBuffer());
-    const mimeType = request.headers.get("content-type") ?? "";
-    const encoding = request.headers.get("content-encoding") ?? "";
-    const stream = responseStreamServer();
-
-    const setContent = (content: {
-      mimeType: string;
-      encoding: string;
-      _initContent(length: number): $.Data;
-    }) => {
-      content.mimeType = mimeType;
-      content.encoding = encoding;
-      content._initContent(body.length).copyBuffer(body);
-    };
-    const setContext = (context: WebSession_Context) => {
-      fillContext(context, request);
-      context.responseStream = stream.client;
-    };
-
-    let pending;
-    switch (method) {
-      case "GET":
-      case "HEAD":
-        pending = session.get((p) => {
-          p.path = path;
-          setContext(p._initContext());
-          p.ignoreBody = method === "HEAD";
-        });
-        break;
-      case "POST":
-        pending = session.post((p) => {
-          p.path = path;
-          setContent(p._initContent());
-          setContext(p._initContext());
-        });
-        break;
-      case "PUT":
-        pending = session.put((p) => {
-          p.path = path;
-          setContent(p._initContent());
-          setContext(p._initContext());
-        });
-        break;
-      case "PATCH":
-        pending = session.patch((p) => {
-          p.path = path;
-          setContent(p._initContent());
-          setContext(p._initContext());
-        });
-        break;
-      case "DELETE":
-        pending = session.delete((p) => {
-          p.path = path;
-          setContext(p._initContext());
-        });
-        break;
-      default:
-        stream.client.client.close();
-        return new Response(`method ${method} not relayed`, { status: 405 });
-    }
-
-    let result: WebSession_Response;
-    try {
-      result = await pending.promise();
-    } catch (error) {
-      stream.client.client.close();
-      throw error;
-    }
-    const { response, streamed } = toWebResponse(result, stream.readable);
-    if (streamed) {
-      // Dropping the handle would tell the app to stop; keep it until the
-      // body is complete.
-      const handle = rpc.retain(result.content.body.stream);
-      stream.finished.finally(() => {
-        rpc.release(handle);
-        stream.client.client.close();
-      });
-    } else {
-      stream.client.client.close();
-    }
-    return response;
+  /** Relays one HTTP request; see {@link relayRequest}. */
+  fetch(session: WebSession$Client, request: Request): Promise<Response> {
+    return relayRequest(session, request);
   }
 
-  /** Opens a WebSocket on the session; frames pass through unchanged. */
-  async openWebSocket(
+  /** Opens a WebSocket; see {@link relayWebSocket}. */
+  openWebSocket(
     session: WebSession$Client,
     path: string,
     protocols: string[] = [],
   ): Promise<RelayedWebSocket> {
-    let controller!: ReadableStreamDefaultController<Uint8Array>;
-    const frames = new ReadableStream<Uint8Array>({
-      start(c) {
-        controller = c;
-      },
-    });
-    const clientStream = rpc.serve(WebSession_WebSocketStream, {
-      sendBytes(params) {
-        try {
-          controller.enqueue(params.message.toUint8Array().slice());
-        } catch { /* reader gone */ }
-        return Promise.resolve();
-      },
-    } as rpc.ServerOf<typeof WebSession_WebSocketStream>, () => {
-      try {
-        controller.close();
-      } catch { /* already closed */ }
-    });
-    const stream = responseStreamServer();
-    const result = await session.openWebSocket((p) => {
-      p.path = path.replace(/^\//, "");
-      const context = p._initContext();
-      context.responseStream = stream.client;
-      const list = p._initProtocol(protocols.length);
-      protocols.forEach((protocol, i) => list.set(i, protocol));
-      p.clientStream = new WebSession_WebSocketStream.Client(clientStream);
-    }).promise();
-    stream.client.client.close();
-    const server = rpc.retain(result.serverStream);
-    const accepted = [...result.protocol];
-    return {
-      protocols: accepted,
-      frames,
-      async send(bytes: Uint8Array) {
-        await server.sendBytes((p) => {
-          p._initMessage(bytes.length).copyBuffer(bytes);
-        }).promise();
-      },
-      close() {
-        rpc.release(server);
-        clientStream.close();
-      },
-    };
+    return relayWebSocket(session, path, protocols);
   }
 
   /** Closes the connection; the app sees fd 3 end. */
