@@ -257,6 +257,10 @@ export function createShellHandler(options: ShellOptions) {
       expiresAt: now + grainSessionMs,
     });
     await repo.touchGrain(grain.id, now);
+    if (grain.firstStartedAt === 0) {
+      await repo.markGrainStarted(grain.id, now);
+      grain.firstStartedAt = now;
+    }
     log.info("grain-session-opened", {
       grain: grain.id,
       user: userId,
@@ -435,6 +439,7 @@ export function createShellHandler(options: ShellOptions) {
       sizeBytes: 0,
       createdAt: now,
       lastUsedAt: now,
+      firstStartedAt: 0,
     };
     await repo.createGrain(grain);
     log.info("grain-created", { grain: grain.id, user: v.user.id });

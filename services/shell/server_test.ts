@@ -300,6 +300,7 @@ Deno.test("a grain runner that does not answer gives a clear message", async () 
       sizeBytes: 0,
       createdAt: 0,
       lastUsedAt: 0,
+      firstStartedAt: 0,
     }, "/nowhere.spk"),
     (e) =>
       e instanceof GrainUnavailableError &&

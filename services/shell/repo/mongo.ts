@@ -216,7 +216,8 @@ export class MongoRepository implements ShellRepository {
   }
 
   async getGrain(id: string): Promise<Grain | undefined> {
-    return strip<Grain>(await this.#c("grains").findOne({ id }, NO_ID));
+    const grain = strip<Grain>(await this.#c("grains").findOne({ id }, NO_ID));
+    return grain && { ...grain, firstStartedAt: grain.firstStartedAt ?? 0 };
   }
 
   async listGrainsOwnedBy(userId: string): Promise<Grain[]> {
@@ -241,6 +242,13 @@ export class MongoRepository implements ShellRepository {
 
   async touchGrain(id: string, now: number): Promise<void> {
     await this.#c("grains").updateOne({ id }, { $set: { lastUsedAt: now } });
+  }
+
+  async markGrainStarted(id: string, now: number): Promise<void> {
+    await this.#c("grains").updateOne(
+      { id, firstStartedAt: { $in: [0, null] } },
+      { $set: { firstStartedAt: now } },
+    );
   }
 
   async deleteGrain(id: string): Promise<void> {

@@ -62,6 +62,7 @@ function grain(id: string, ownerId: string, sizeBytes = 0): Grain {
     sizeBytes,
     createdAt: 1000 + id.length,
     lastUsedAt: 1000,
+    firstStartedAt: 0,
   };
 }
 
@@ -165,6 +166,10 @@ for (const [backend, open] of backends) {
     assert.equal(await repo.storageUsedBy("nobody"), 0);
     await repo.touchGrain("g1", 9999);
     assert.equal((await repo.getGrain("g1"))?.lastUsedAt, 9999);
+    assert.equal((await repo.getGrain("g1"))?.firstStartedAt, 0);
+    await repo.markGrainStarted("g1", 500);
+    await repo.markGrainStarted("g1", 600);
+    assert.equal((await repo.getGrain("g1"))?.firstStartedAt, 500);
   });
 
   test("deleting a grain removes its shares, claims and sessions", async (repo) => {
@@ -313,3 +318,28 @@ for (const [backend, open] of backends) {
     }
   });
 }
+
+Deno.test("sqlite: a database from before firstStartedAt is migrated", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "shell-repo-migrate-" });
+  try {
+    const { DatabaseSync } = await import("node:sqlite");
+    const old = new DatabaseSync(`${dir}/shell.sqlite`);
+    old.exec(`create table grains (
+      id text primary key, owner_id text not null, package_id text not null,
+      app_id text not null, title text not null, size_bytes integer not null,
+      created_at integer not null, last_used_at integer not null)`);
+    old.exec(`insert into grains values
+      ('g1', 'u1', 'p', 'a', 'Old grain', 5, 1, 2)`);
+    old.close();
+    const repo = new SqliteRepository(`${dir}/shell.sqlite`);
+    try {
+      assert.equal((await repo.getGrain("g1"))?.firstStartedAt, 0);
+      await repo.markGrainStarted("g1", 7);
+      assert.equal((await repo.getGrain("g1"))?.firstStartedAt, 7);
+    } finally {
+      await repo.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -41,7 +41,8 @@ create table if not exists installs (
 create table if not exists grains (
   id text primary key, owner_id text not null, package_id text not null,
   app_id text not null, title text not null, size_bytes integer not null,
-  created_at integer not null, last_used_at integer not null);
+  created_at integer not null, last_used_at integer not null,
+  first_started_at integer not null default 0);
 create index if not exists grains_owner on grains (owner_id);
 create table if not exists shares (
   id text primary key, grain_id text not null, created_by text not null,
@@ -108,6 +109,7 @@ function toGrain(r: Row): Grain {
     sizeBytes: num(r.size_bytes),
     createdAt: num(r.created_at),
     lastUsedAt: num(r.last_used_at),
+    firstStartedAt: num(r.first_started_at ?? 0),
   };
 }
 
@@ -169,6 +171,19 @@ export class SqliteRepository implements ShellRepository {
     this.#db = new DatabaseSync(path);
     this.#db.exec("pragma journal_mode = wal; pragma busy_timeout = 5000;");
     this.#db.exec(SCHEMA);
+    this.#migrate();
+  }
+
+  /** Brings a database made by an earlier version up to this schema. */
+  #migrate(): void {
+    const columns = this.#all("pragma table_info(grains)").map((r) =>
+      str(r.name)
+    );
+    if (!columns.includes("first_started_at")) {
+      this.#db.exec(
+        "alter table grains add column first_started_at integer not null default 0",
+      );
+    }
   }
 
   #run(sql: string, ...params: SQLInputValue[]): number {
@@ -336,7 +351,9 @@ export class SqliteRepository implements ShellRepository {
 
   createGrain(g: Grain): Promise<void> {
     this.#run(
-      "insert into grains values (?, ?, ?, ?, ?, ?, ?, ?)",
+      `insert into grains (id, owner_id, package_id, app_id, title,
+         size_bytes, created_at, last_used_at, first_started_at)
+       values (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       g.id,
       g.ownerId,
       g.packageId,
@@ -345,6 +362,7 @@ export class SqliteRepository implements ShellRepository {
       g.sizeBytes,
       g.createdAt,
       g.lastUsedAt,
+      g.firstStartedAt,
     );
     return Promise.resolve();
   }
@@ -381,6 +399,15 @@ export class SqliteRepository implements ShellRepository {
 
   touchGrain(id: string, now: number): Promise<void> {
     this.#run("update grains set last_used_at = ? where id = ?", now, id);
+    return Promise.resolve();
+  }
+
+  markGrainStarted(id: string, now: number): Promise<void> {
+    this.#run(
+      "update grains set first_started_at = ? where id = ? and first_started_at = 0",
+      now,
+      id,
+    );
     return Promise.resolve();
   }
 

@@ -77,6 +77,10 @@ export interface Grain {
   sizeBytes: number;
   createdAt: number;
   lastUsedAt: number;
+  /** When a worker first started the grain; 0 until then. A grain that
+   * never started is new (its app's first action runs); one that did is
+   * restored on its volume. */
+  firstStartedAt: number;
 }
 
 /** A share link. The link carries a secret whose SHA-256 is `id`. */
@@ -173,6 +177,8 @@ export interface ShellRepository {
   renameGrain(id: string, title: string): Promise<void>;
   setGrainSize(id: string, sizeBytes: number): Promise<void>;
   touchGrain(id: string, now: number): Promise<void>;
+  /** Records the first start; later calls keep the first time. */
+  markGrainStarted(id: string, now: number): Promise<void>;
   /** Deletes the grain with its shares, claims and sessions. */
   deleteGrain(id: string): Promise<void>;
   /** Bytes used by every grain the user owns. */
