@@ -20,6 +20,7 @@ import { loadOrCreateVatKey } from "./vat_key.ts";
 import { type MachineSpecs, measureSpecs } from "./specs.ts";
 import {
   type BackoffOptions,
+  killLeftover,
   type ProcessSpec,
   type ProcessStatus,
   Supervisor,
@@ -239,6 +240,19 @@ export class Agent {
     options.log.vat = vatId;
     options.log.info("agent-booted", { machine: options.machine, specs });
 
+    // Roles a crashed agent left running would hold their ports and run
+    // twice: they are killed before anything starts.
+    for (const role of ROLE_NAMES) {
+      const definition = options.catalogue[role];
+      if (definition === undefined) continue;
+      const killed = killLeftover(
+        `${options.stateDir}/roles/${role}/pid`,
+        definition.entry,
+      );
+      if (killed !== undefined) {
+        options.log.warn("leftover-role-killed", { role, pid: killed });
+      }
+    }
     const directory = await readJson(
       agent.directoryFile,
       Directory,
@@ -382,6 +396,7 @@ export class Agent {
     ];
     return {
       name: role,
+      pidFile: `${roleDir}/pid`,
       command: roleCommand({
         deno: this.#options.deno ?? Deno.execPath(),
         entry: definition.entry,

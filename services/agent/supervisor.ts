@@ -15,6 +15,9 @@ export interface ProcessSpec {
   command: string[];
   env?: Record<string, string>;
   cwd?: string;
+  /** Where the running process's pid is written, so that a supervisor
+   * that died without stopping it can find it at its next start. */
+  pidFile?: string;
 }
 
 /** Restart delays: `initialMs`, doubling per crash up to `maxMs`, back to
@@ -59,6 +62,37 @@ const DEFAULT_BACKOFF: BackoffOptions = {
 function sameSpec(a: ProcessSpec, b: ProcessSpec): boolean {
   return JSON.stringify([a.command, a.env ?? {}, a.cwd ?? null]) ===
     JSON.stringify([b.command, b.env ?? {}, b.cwd ?? null]);
+}
+
+/**
+ * Kills the process a previous supervisor left running, if the pid in
+ * `pidFile` still names a process whose command line contains `marker`
+ * (so that a reused pid is never killed). Returns the pid it killed.
+ */
+export function killLeftover(
+  pidFile: string,
+  marker: string,
+): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(Deno.readTextFileSync(pidFile).trim());
+  } catch {
+    return undefined;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 1) return undefined;
+  let commandLine: string;
+  try {
+    commandLine = Deno.readTextFileSync(`/proc/${pid}/cmdline`);
+  } catch {
+    return undefined;
+  }
+  if (!commandLine.replaceAll("\0", " ").includes(marker)) return undefined;
+  try {
+    Deno.kill(pid, "SIGKILL");
+  } catch {
+    return undefined;
+  }
+  return pid;
 }
 
 /**
@@ -175,6 +209,13 @@ export class Supervisor {
     }
     supervised.child = child;
     supervised.startedMs = performance.now();
+    if (spec.pidFile !== undefined) {
+      try {
+        Deno.writeTextFileSync(spec.pidFile, `${child.pid}\n`);
+      } catch (error) {
+        this.#log.error("pid-file-failed", { process: spec.name, error });
+      }
+    }
     this.#log.info("role-started", { process: spec.name, pid: child.pid });
     supervised.exited = child.status.then((status) => {
       supervised.child = undefined;

@@ -303,6 +303,10 @@ export class Master {
         const silentMs = machine.lastSeenMs === undefined
           ? Infinity
           : this.#now() - machine.lastSeenMs;
+        this.#options.log.debug("report-failed", {
+          machine: machine.name,
+          error,
+        });
         if (machine.alive && silentMs > deadAfterMs) {
           machine.alive = false;
           this.#options.log.warn("machine-dead", {

@@ -325,3 +325,50 @@ Deno.test("arbitrary assignments and directories get a typed error, never a cras
     assert.deepEqual(agent.report().roles, []);
   });
 });
+
+Deno.test("an agent restarted after SIGKILL replaces the roles it left behind", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "agent-crash-test-" });
+  const script = new URL("./testdata/agent_process.ts", import.meta.url);
+  const spawn = () =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", script.pathname, `${dir}/machine`],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+  const agents: Deno.ChildProcess[] = [];
+  try {
+    agents.push(spawn());
+    const first = await waitUntil("the role starts", async () => {
+      return (await starts(`${dir}/machine`, "worker"))[0];
+    });
+    Deno.kill(agents[0].pid, "SIGKILL");
+    await agents[0].status;
+    assert.ok(alive(first.pid), "the role outlived its agent");
+
+    agents.push(spawn());
+    const second = await waitUntil("a new role starts", async () => {
+      return (await starts(`${dir}/machine`, "worker")).find((s) =>
+        s.pid !== first.pid
+      );
+    });
+    await waitUntil(
+      "the old role is gone",
+      () => alive(first.pid) ? undefined : true,
+    );
+    assert.ok(alive(second.pid));
+  } finally {
+    for (const agent of agents) {
+      try {
+        agent.kill("SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await agent.status;
+      await agent.stdout.cancel();
+    }
+    for (const s of await starts(`${dir}/machine`, "worker")) {
+      if (alive(s.pid)) Deno.kill(s.pid, "SIGKILL");
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
