@@ -145,6 +145,18 @@ export async function prepareVolume(
   const info = await Deno.lstat(volumeDir);
   if (!info.isDirectory) throw new Error(`${volumeDir} is not a directory`);
   if (info.uid !== hostUid || info.gid !== hostUid) {
+    let empty = true;
+    for await (const _ of Deno.readDir(volumeDir)) {
+      empty = false;
+      break;
+    }
+    if (empty) {
+      // A fresh volume: the directory itself, checked above not to be a
+      // symlink, is all there is to give.
+      await Deno.chown(volumeDir, hostUid, hostUid);
+      await Deno.chmod(volumeDir, 0o700);
+      return;
+    }
     const result = await new Deno.Command("chown", {
       args: ["-R", "-P", "-h", `${hostUid}:${hostUid}`, volumeDir],
       stdout: "null",

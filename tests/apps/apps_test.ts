@@ -28,7 +28,7 @@ async function withManager(
   const stateDir = await Deno.makeTempDir({ prefix: `apps-test-${name}-` });
   const manager = await GrainManager.open({
     stateDir,
-    uidFirst: 63000 + (Deno.pid % 100) * 20,
+    uidFirst: 63000 + (Deno.pid % 40) * 20,
     uidCount: 20,
     cgroupName: `blackrock-apps-test-${name}-${Deno.pid}`,
     defaultMemoryBytes: 128 << 20,

@@ -65,8 +65,8 @@ class App {
     return address->connect().then(
         [](kj::Own<kj::AsyncIoStream>&&) -> kj::Promise<void> { return kj::READY_NOW; },
         [this, attempt](kj::Exception&& e) -> kj::Promise<void> {
-          KJ_REQUIRE(attempt < 3000, "app never listened on its port", e);
-          return io.provider->getTimer().afterDelay(5 * kj::MILLISECONDS).then(
+          KJ_REQUIRE(attempt < 10000, "app never listened on its port", e);
+          return io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).then(
               [this, attempt]() { return waitUntilListening(attempt + 1); });
         });
   }

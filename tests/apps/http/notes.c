@@ -10,7 +10,8 @@
  *   DELETE /notes/NAME remove (204)
  *   GET /big?kb=N      N KiB in chunked transfer encoding, sent in pieces
  *
- * One request per connection; the bridge opens a connection each time. */
+ * One request per connection; the bridge opens a connection each time.
+ * NOTES_DIR overrides /var/notes (for running it bare, outside a grain). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -52,6 +53,8 @@ static void respond_text(int fd, int status, const char *reason, const char *tex
     respond(fd, status, reason, text, strlen(text));
 }
 
+static const char *notes_dir = "/var/notes";
+
 /* "/notes/NAME" to "/var/notes/NAME" if NAME is one plain component. */
 static int note_path(const char *target, char *out, size_t size) {
     const char *prefix = "/notes/";
@@ -61,14 +64,14 @@ static int note_path(const char *target, char *out, size_t size) {
         strcmp(name, "..") == 0) {
         return -1;
     }
-    int n = snprintf(out, size, "/var/notes/%s", name);
+    int n = snprintf(out, size, "%s/%s", notes_dir, name);
     return n > 0 && (size_t)n < size ? 0 : -1;
 }
 
 static void list_notes(int fd) {
     char body[65536];
     size_t used = 0;
-    DIR *dir = opendir("/var/notes");
+    DIR *dir = opendir(notes_dir);
     if (dir) {
         struct dirent *entry;
         while ((entry = readdir(dir)) != NULL) {
@@ -182,7 +185,8 @@ static ssize_t read_request(int fd, char *buffer, size_t size) {
 
 int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 8000;
-    mkdir("/var/notes", 0700);
+    if (getenv("NOTES_DIR")) notes_dir = getenv("NOTES_DIR");
+    mkdir(notes_dir, 0700);
     int server = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
