@@ -4,10 +4,10 @@
  * Messages are cut into fragments numbered per connection and direction.
  * The receiver acknowledges with a cumulative point plus ranges above it
  * (selective acks). The sender keeps each fragment until acknowledged,
- * declares it lost once a packet sent three or more packets later is
- * acknowledged (or on a retransmission timeout), and sends it again in a
+ * declares it lost once a fragment sent after it is acknowledged and it
+ * has been out for 9/8 of the RTT (or on a retransmission timeout), and sends it again in a
  * new packet under a new packet number. Congestion control is NewReno in
- * bytes: slow start, halving once per loss episode, and a collapse to the
+ * bytes: slow start, a decrease to 0.7 once per loss episode, and a collapse to the
  * minimum window on timeout. RTT and RTO follow RFC 6298, with Karn's rule
  * (no samples from retransmitted fragments).
  *
@@ -59,8 +59,9 @@ export interface ConnectionHost {
   count(name: string, amount?: number): void;
 }
 
-/** Packet-number distance after which an unacknowledged fragment is lost. */
-const PACKET_THRESHOLD = 3;
+/** Multiplicative decrease on loss (CUBIC's beta: gentler than halving,
+ * which matters on links with random, non-congestive loss). */
+const DECREASE = 0.7;
 const MIN_WINDOW_BYTES = 2 * (MAX_FRAGMENT_BYTES + DATA_FRAME_HEADER_BYTES);
 
 type State = "open" | "closing" | "peer-closed" | "failed" | "done";
@@ -168,6 +169,7 @@ export class SealedConnection implements MessageConnection {
       );
       offset = end;
     } while (offset < copy.length);
+    this.#host.count("messagesSent");
     this.#host.wake(this);
   }
 
@@ -350,17 +352,50 @@ export class SealedConnection implements MessageConnection {
       }
     }
 
-    // Loss detection by packet threshold. Fragments sent once appear in
-    // increasing packet order, so the scan stops at the first one too new.
-    const threshold = largest - PACKET_THRESHOLD;
+    this.latestRttMs = newestAcked.transmissions === 1
+      ? nowMs - newestAcked.sentAtMs
+      : this.latestRttMs;
+    this.detectLosses(nowMs);
+
+    this.rtoDeadlineMs = this.inflight.size > 0 && this.bytesInFlight > 0
+      ? nowMs + this.#currentRtoMs()
+      : Infinity;
+    if (this.state === "closing" && this.isDrained()) this.#finish();
+  }
+
+  /**
+   * Declares lost every fragment sent before the newest acknowledged one
+   * and outstanding for more than 9/8 of the RTT (time-based, as in RACK
+   * and QUIC): reordering shorter than that costs nothing, where a packet
+   * count threshold would mistake a reordered path for loss. Sets
+   * `lossDeadlineMs` for the next fragment that may become lost.
+   */
+  detectLosses(nowMs: number): void {
+    this.lossDeadlineMs = Infinity;
+    const largest = this.largestAckedPacket;
+    if (largest < 0) return;
+    const rttMs = this.smoothedRttMs < 0
+      ? this.#options.initialRtoMs
+      : Math.max(this.smoothedRttMs, this.latestRttMs);
+    const thresholdMs = Math.max(rttMs * 9 / 8, 1);
     let lostAny = false;
     let lostNewest = -1;
+    // Fragments sent once appear in send order, so the scan stops at the
+    // first such fragment that is too new to judge.
     for (const fragment of this.inflight.values()) {
-      if (fragment.packetNumber > threshold) {
+      if (fragment.lost) continue;
+      const tooNew = fragment.packetNumber >= largest ||
+        nowMs - fragment.sentAtMs < thresholdMs;
+      if (tooNew) {
+        if (fragment.packetNumber < largest) {
+          this.lossDeadlineMs = Math.min(
+            this.lossDeadlineMs,
+            fragment.sentAtMs + thresholdMs,
+          );
+        }
         if (fragment.transmissions === 1) break;
         continue;
       }
-      if (fragment.lost) continue;
       fragment.lost = true;
       this.bytesInFlight -= fragment.data.length + DATA_FRAME_HEADER_BYTES;
       this.lostQueue.push(fragment);
@@ -372,12 +407,11 @@ export class SealedConnection implements MessageConnection {
       if (lostNewest > this.recoveryPacketNumber) this.#onCongestion(false);
       this.lostQueue.sort((a, b) => a.fragment - b.fragment);
     }
-
-    this.rtoDeadlineMs = this.inflight.size > 0 && this.bytesInFlight > 0
-      ? nowMs + this.#currentRtoMs()
-      : Infinity;
-    if (this.state === "closing" && this.isDrained()) this.#finish();
   }
+
+  /** When the next outstanding fragment may be declared lost. */
+  lossDeadlineMs = Infinity;
+  latestRttMs = 0;
 
   /** Called with the packet number the next packet will get, so a loss
    * episode ends once packets sent after it are acknowledged. */
@@ -386,7 +420,7 @@ export class SealedConnection implements MessageConnection {
   #onCongestion(timeout: boolean): void {
     this.recoveryPacketNumber = this.nextPacketNumber;
     this.slowStartThresholdBytes = Math.max(
-      this.windowBytes / 2,
+      this.windowBytes * DECREASE,
       MIN_WINDOW_BYTES,
     );
     this.windowBytes = timeout

@@ -376,9 +376,14 @@ export class SealedUdpNetwork implements VatNetwork {
     );
   }
 
-  /** Closes every connection (telling peers), stops the worker, closes
-   * the socket. Pending accepts reject with TransportClosedError. */
-  async close(): Promise<void> {
+  /**
+   * Closes every connection, telling peers, and waits up to `drainMs` for
+   * them to acknowledge what is still in flight (so a peer sees a clean
+   * end of stream rather than a grace-period failure); then stops the
+   * worker and closes the socket. Pending accepts reject with
+   * TransportClosedError.
+   */
+  async close(drainMs = 2_000): Promise<void> {
     if (this.#closed) return;
     for (const peer of this.#peers.values()) {
       for (const connection of [...peer.connections.values()]) {
@@ -386,7 +391,23 @@ export class SealedUdpNetwork implements VatNetwork {
       }
     }
     this.#flush();
+    const deadline = performance.now() + drainMs;
+    while (this.#closing() && performance.now() < deadline && !this.#closed) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
     await this.#shutdown();
+  }
+
+  /** Whether some connection still waits for its close to be acknowledged
+   * by a peer that has an address. */
+  #closing(): boolean {
+    for (const peer of this.#peers.values()) {
+      if (peer.address === undefined) continue;
+      for (const connection of peer.connections.values()) {
+        if (connection.state === "closing") return true;
+      }
+    }
+    return false;
   }
 
   /** Stops at once without telling peers, as a crash would; for tests of
@@ -895,6 +916,7 @@ export class SealedUdpNetwork implements VatNetwork {
       case FRAME_ACK:
         connection.nextPacketNumber = peer.nextPacketNumber;
         connection.onAck(frame.cumulative, frame.ranges, now);
+        this.#armTimer(connection.lossDeadlineMs);
         if (connection.hasWork()) this.#markDirty(peer);
         break;
       case FRAME_PING:
@@ -962,6 +984,10 @@ export class SealedUdpNetwork implements VatNetwork {
           );
           continue;
         }
+        if (connection.lossDeadlineMs <= now) {
+          connection.detectLosses(now);
+          if (connection.hasWork()) this.#markDirty(peer);
+        }
         if (connection.rtoDeadlineMs <= now) {
           connection.nextPacketNumber = peer.nextPacketNumber;
           connection.onRto(now);
@@ -973,7 +999,11 @@ export class SealedUdpNetwork implements VatNetwork {
           connection.pingWanted = true;
           this.#markDirty(peer);
         }
-        next = Math.min(next, connection.rtoDeadlineMs);
+        next = Math.min(
+          next,
+          connection.rtoDeadlineMs,
+          connection.lossDeadlineMs,
+        );
       }
     }
     if (any) next = Math.min(next, now + this.#tickMs());
