@@ -18,6 +18,7 @@
 
 import * as $ from "capnp-es";
 import { RpcError, toRpcError } from "./errors.ts";
+import { newMessage } from "./_message.ts";
 
 /** A call as capnp-es describes it: method plus params (built or a
  * builder function). */
@@ -30,6 +31,16 @@ export type CapnpAnswer<R extends $.Struct> = $.Pipeline<
   $.Struct,
   $.Struct
 >["answer"];
+
+/**
+ * A call that arrived from a peer: its params live in the received
+ * message, and `resultsAt` (when set) is where the Return message wants
+ * the results, so a local server writes them there with no copy.
+ */
+// deno-lint-ignore no-explicit-any
+export type NetworkCall = $.DataCall<any, any> & {
+  resultsAt?: $.Pointer;
+};
 
 /** One step of a pipeline path: take pointer field `field` of a struct. */
 export type PipelineOp = ReturnType<
@@ -459,19 +470,42 @@ export class LocalCap extends Cap {
     } catch (error) {
       return new BrokenAnswer(toRpcError(error));
     }
-    const results = new $.Message().initRoot(method.ResultsClass);
-    const answer = new PromisedAnswer();
-    Promise.resolve()
-      .then(() => method.impl.call(server.target, params, results))
-      .then(
-        () => answer.fulfill(results),
-        (error) => answer.fail(toRpcError(error)),
+    const resultsAt = (call as NetworkCall).resultsAt;
+    let results: $.Struct;
+    if (resultsAt !== undefined) {
+      results = new method.ResultsClass(
+        resultsAt.segment,
+        resultsAt.byteOffset,
       );
+      $.utils.initStruct(method.ResultsClass._capnp.size, results);
+    } else {
+      results = newMessage().initRoot(method.ResultsClass);
+    }
+    const answer = new PromisedAnswer();
+    const run = () => method.impl.call(server.target, params, results);
+    // A call from a peer already runs on its own turn (the connection's
+    // read loop) and starts at once; a local caller's call starts on a
+    // later microtask, never inside the caller's own stack.
+    const started = resultsAt !== undefined
+      ? invoke(run)
+      : Promise.resolve().then(run);
+    started.then(
+      () => answer.fulfill(results),
+      (error) => answer.fail(toRpcError(error)),
+    );
     return answer;
   }
 
   protected dispose(): void {
     this.#onClose?.();
+  }
+}
+
+function invoke(run: () => Promise<void>): Promise<void> {
+  try {
+    return run();
+  } catch (error) {
+    return Promise.reject(error);
   }
 }
 

@@ -24,6 +24,7 @@ import {
   BrokenCap,
   Cap,
   capabilityAt,
+  type NetworkCall,
   type PipelineOp,
   PromiseCap,
   quiet,
@@ -35,6 +36,7 @@ import {
 import type { MessageConnection } from "./transport.ts";
 import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
 import { frameLength } from "./framing.ts";
+import { newMessage, readMessage, serialize } from "./_message.ts";
 
 /** Per-connection limits; a peer that passes one gets an error. */
 export interface ConnectionLimits {
@@ -82,6 +84,9 @@ interface AnswerEntry {
   /** The peer asked for the results to stay here (sendResultsTo.yourself):
    * it will point one of our questions at them (takeFromOtherQuestion). */
   redirected: boolean;
+  /** The Return message prepared for a local server to write results
+   * into directly; undefined when results must be copied. */
+  returnMessage?: $.Message;
 }
 
 interface Embargo {
@@ -122,6 +127,8 @@ export class RpcConnection {
   #embargoes = new Map<number, Embargo>();
   #nextEmbargoId = 0;
   #error: RpcError | undefined;
+  #lazy: Uint8Array[] = [];
+  #lazyTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #done: Promise<RpcError>;
   #setDone!: (error: RpcError) => void;
 
@@ -176,7 +183,7 @@ export class RpcConnection {
   bootstrap(): Cap {
     if (this.#error !== undefined) return new BrokenCap(this.#error);
     const question = this.#newQuestion();
-    const message = new $.Message();
+    const message = newMessage();
     const root = message.initRoot(rpc.Message);
     root._initBootstrap().questionId = question.id;
     try {
@@ -202,9 +209,10 @@ export class RpcConnection {
     if (this.#error !== undefined) return;
     this.metrics.abortsSent++;
     try {
-      const message = new $.Message();
+      const message = newMessage();
       writeException(message.initRoot(rpc.Message)._initAbort(), error);
-      this.transport.send(new Uint8Array(message.toArrayBuffer()));
+      this.#drainLazy();
+      this.transport.send(serialize(message));
     } catch {
       // The transport is already gone; closing below is all that is left.
     }
@@ -215,22 +223,55 @@ export class RpcConnection {
 
   #send(message: $.Message): void {
     if (this.#error !== undefined) throw this.#error;
-    const bytes = new Uint8Array(message.toArrayBuffer());
+    const bytes = serialize(message);
     if (bytes.length > this.limits.maxMessageBytes) {
       throw new RpcError(
         "failed",
         `message of ${bytes.length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
       );
     }
+    this.#drainLazy();
     this.metrics.messagesSent++;
     this.transport.send(bytes);
+  }
+
+  /**
+   * Queues a message that nothing waits for (Finish): it goes out with
+   * the next message sent, or on the next turn of the event loop. A call
+   * made right after a return then shares one write with the Finish
+   * instead of waiting behind it. Order is kept: #send drains first.
+   */
+  #sendLazy(bytes: Uint8Array): void {
+    if (this.#error !== undefined) return;
+    this.#lazy.push(bytes);
+    if (this.#lazyTimer === undefined) {
+      this.#lazyTimer = setTimeout(() => {
+        this.#lazyTimer = undefined;
+        if (this.#error !== undefined) return;
+        try {
+          this.#drainLazy();
+        } catch (error) {
+          this.abort(toRpcError(error));
+        }
+      }, 0);
+    }
+  }
+
+  #drainLazy(): void {
+    if (this.#lazy.length === 0) return;
+    const lazy = this.#lazy;
+    this.#lazy = [];
+    for (const bytes of lazy) {
+      this.metrics.messagesSent++;
+      this.transport.send(bytes);
+    }
   }
 
   /** Sends a call to `writeTarget` and returns its answer. */
   sendCall(writeTarget: TargetWriter, call: AnyCall): Ans {
     if (this.#error !== undefined) return new BrokenAnswer(this.#error);
     const question = this.#newQuestion();
-    const message = new $.Message();
+    const message = newMessage();
     const body = message.initRoot(rpc.Message)._initCall();
     body.questionId = question.id;
     body.interfaceId = call.method.interfaceId;
@@ -273,12 +314,7 @@ export class RpcConnection {
     question.finishSent = true;
     this.#questions.delete(question.id);
     this.#freeQuestionIds.push(question.id);
-    if (this.#error !== undefined) return;
-    const message = new $.Message();
-    const finish = message.initRoot(rpc.Message)._initFinish();
-    finish.questionId = question.id;
-    finish.releaseResultCaps = false;
-    this.#trySend(message);
+    this.#sendLazy(finishBytes(question.id));
   }
 
   #trySend(message: $.Message): void {
@@ -398,7 +434,7 @@ export class RpcConnection {
     const entry = this.#exports[id];
     if (entry === undefined || entry.cap !== promise) return;
     if (this.#error !== undefined) return;
-    const message = new $.Message();
+    const message = newMessage();
     const resolve = message.initRoot(rpc.Message)._initResolve();
     resolve.promiseId = id;
     if (resolution instanceof BrokenCap) {
@@ -446,7 +482,7 @@ export class RpcConnection {
         onLifted();
       },
     });
-    const message = new $.Message();
+    const message = newMessage();
     const disembargo = message.initRoot(rpc.Message)._initDisembargo();
     writeTarget(disembargo._initTarget());
     disembargo._initContext().senderLoopback = id;
@@ -480,7 +516,7 @@ export class RpcConnection {
 
   #sendRelease(id: number, count: number): void {
     if (this.#error !== undefined) return;
-    const message = new $.Message();
+    const message = newMessage();
     const release = message.initRoot(rpc.Message)._initRelease();
     release.id = id;
     release.referenceCount = count;
@@ -550,7 +586,7 @@ export class RpcConnection {
         `message of ${bytes.length} bytes has a segment table for ${framed}`,
       );
     }
-    const message = new $.Message(bytes, false);
+    const message = readMessage(bytes);
     const root = message.getRoot(rpc.Message);
     switch (root.which()) {
       case rpc.Message.CALL:
@@ -584,7 +620,7 @@ export class RpcConnection {
         return this.#handleUnimplemented(root.unimplemented);
       default: {
         this.metrics.unimplementedSent++;
-        const reply = new $.Message();
+        const reply = newMessage();
         reply.initRoot(rpc.Message).unimplemented = root;
         this.#send(reply);
       }
@@ -598,7 +634,7 @@ export class RpcConnection {
     if (this.#bootstrap === undefined) {
       answer.error = new RpcError("unimplemented", "this vat has no bootstrap");
     } else {
-      const holder = new $.Message();
+      const holder = newMessage();
       const content = holder.initRoot(rpc.Payload).content;
       $.utils.setInterfacePointer(
         holder.addCap(this.#bootstrap.addRef()),
@@ -615,7 +651,7 @@ export class RpcConnection {
       throw new RpcProtocolError(`question ID ${questionId} is already in use`);
     }
     const entry: AnswerEntry = {
-      answer: new BrokenAnswer(new RpcError("failed", "not started")),
+      answer: NOT_STARTED,
       returned: false,
       finished: false,
       releaseResultCaps: false,
@@ -659,7 +695,8 @@ export class RpcConnection {
       for (const cap of caps) cap.close();
       return;
     }
-    const dataCall: AnyCall = {
+    const redirected = sendTo === rpc.Call_SendResultsTo.YOURSELF;
+    const dataCall: NetworkCall = {
       method: {
         interfaceId: call.interfaceId,
         methodId: call.methodId,
@@ -668,9 +705,17 @@ export class RpcConnection {
       },
       params: $.utils.getAs(AnyStruct, params.content as $.Struct),
     };
+    if (!redirected) {
+      const returnMessage = newMessage();
+      const ret = returnMessage.initRoot(rpc.Message)._initReturn();
+      ret.answerId = questionId;
+      ret.releaseParamCaps = false;
+      dataCall.resultsAt = ret._initResults().content;
+      entry.returnMessage = returnMessage;
+    }
     const answer = target.send(dataCall);
     entry.answer = answer;
-    entry.redirected = sendTo === rpc.Call_SendResultsTo.YOURSELF;
+    entry.redirected = redirected;
     const done = () => {
       for (const cap of caps) cap.close();
       this.#sendReturn(questionId, entry);
@@ -864,7 +909,7 @@ export class RpcConnection {
     this.#running--;
     const answer = entry.answer;
     const build = (settled: $.Pointer | undefined, error?: RpcError) => {
-      const message = new $.Message();
+      const message = newMessage();
       const ret = message.initRoot(rpc.Message)._initReturn();
       ret.answerId = questionId;
       ret.releaseParamCaps = false;
@@ -873,6 +918,24 @@ export class RpcConnection {
         // capabilities go with them to that question.
         ret.resultsSentElsewhere = true;
         this.#trySend(message);
+      } else if (
+        settled !== undefined &&
+        settled.segment.message === entry.returnMessage
+      ) {
+        // A local server wrote its results straight into the Return.
+        const prepared = entry.returnMessage;
+        entry.returnMessage = undefined;
+        const payload = prepared.getRoot(rpc.Message).return.results;
+        try {
+          entry.resultCaps = prepared._capnp.capTable ?? [];
+          entry.resultExports = this.#writeCapTable(payload, prepared);
+          this.#send(prepared);
+        } catch (failure) {
+          this.#releaseExports(entry.resultExports);
+          entry.resultExports = [];
+          build(undefined, toRpcError(failure));
+          return;
+        }
       } else if (settled !== undefined) {
         try {
           const payload = ret._initResults();
@@ -887,6 +950,11 @@ export class RpcConnection {
           return;
         }
       } else {
+        if (entry.returnMessage !== undefined) {
+          // The server failed after writing some results: drop them.
+          closeAll(entry.returnMessage._capnp.capTable ?? []);
+          entry.returnMessage = undefined;
+        }
         writeException(
           ret._initException(),
           error ?? new RpcError("failed", "no results"),
@@ -953,7 +1021,7 @@ export class RpcConnection {
             "Disembargo senderLoopback aimed at a settled pipeline",
           );
         }
-        const reply = new $.Message();
+        const reply = newMessage();
         const echo = reply.initRoot(rpc.Message)._initDisembargo();
         target.writeTarget(echo._initTarget());
         echo._initContext().receiverLoopback = context.senderLoopback;
@@ -974,7 +1042,7 @@ export class RpcConnection {
       }
       default: {
         this.metrics.unimplementedSent++;
-        const reply = new $.Message();
+        const reply = newMessage();
         reply.initRoot(rpc.Message).unimplemented = original;
         this.#send(reply);
       }
@@ -1022,6 +1090,8 @@ export class RpcConnection {
     if (this.#error !== undefined) return;
     this.#error = error;
     this.metrics.connectionsClosed++;
+    if (this.#lazyTimer !== undefined) clearTimeout(this.#lazyTimer);
+    this.#lazy = [];
     const questions = [...this.#questions.values()];
     this.#questions.clear();
     for (const question of questions) question.fail(error);
@@ -1047,6 +1117,34 @@ export class RpcConnection {
     this.#setDone(error);
   }
 }
+
+/**
+ * Finish is the one message sent for every call, and its layout is fixed:
+ * it is made once with capnp-es and copied with the question ID patched.
+ */
+const FINISH_TEMPLATE = (() => {
+  const message = newMessage();
+  const finish = message.initRoot(rpc.Message)._initFinish();
+  finish.questionId = 0x89abcdef;
+  finish.releaseResultCaps = false;
+  return serialize(message);
+})();
+const FINISH_ID_OFFSET = (() => {
+  for (let i = 0; i + 4 <= FINISH_TEMPLATE.length; i += 4) {
+    const view = new DataView(FINISH_TEMPLATE.buffer, i, 4);
+    if (view.getUint32(0, true) === 0x89abcdef) return i;
+  }
+  throw new Error("Finish template has no question ID");
+})();
+
+function finishBytes(questionId: number): Uint8Array {
+  const bytes = FINISH_TEMPLATE.slice();
+  new DataView(bytes.buffer).setUint32(FINISH_ID_OFFSET, questionId, true);
+  return bytes;
+}
+
+/** Placeholder of an answer entry until its call is started. */
+const NOT_STARTED = new BrokenAnswer(new RpcError("failed", "not started"));
 
 /** An answer whose result is known when it is made (bootstrap). */
 class SettledAnswer extends Ans {
