@@ -17,7 +17,7 @@ packages=(
   slapd ldap-utils
   nginx-light
   libnbd-bin nbdkit qemu-utils fio
-  debootstrap
+  debootstrap qemu-system-x86
   chromium
 )
 missing=()
