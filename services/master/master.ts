@@ -142,6 +142,7 @@ export class Master {
   readonly #machines = new Map<string, MachineState>();
   readonly #now: () => number;
   #directoryKey = "";
+  #lastRound: Promise<unknown> = Promise.resolve();
   #directoryVersion = 0;
 
   constructor(options: MasterOptions) {
@@ -228,7 +229,15 @@ export class Master {
    * One round: read every report, fix roles, spread the directory.
    * Returns the machines whose assignment changed.
    */
-  async tick(): Promise<string[]> {
+  tick(): Promise<string[]> {
+    // Rounds never overlap: one started by removeMachine waits for the
+    // periodic one, so two rounds cannot send different assignments.
+    const round = this.#lastRound.then(() => this.#round());
+    this.#lastRound = round.catch(() => {});
+    return round;
+  }
+
+  async #round(): Promise<string[]> {
     await this.#readReports();
     const live = [...this.#machines.values()].filter((m) =>
       m.alive && !m.draining && m.report !== undefined
