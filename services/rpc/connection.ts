@@ -451,6 +451,7 @@ export class RpcConnection {
     this.#exportIds.delete(promise);
     entry.cap = resolution.addRef();
     promise.close();
+    this.metrics.resolvesSent++;
     this.#trySend(message);
   }
 
@@ -983,6 +984,7 @@ export class RpcConnection {
   }
 
   #handleResolve(resolve: rpc.Resolve): void {
+    this.metrics.resolvesReceived++;
     const promise = this.#imports.get(resolve.promiseId)?.deref();
     let resolution: Cap;
     if (resolve.which() === rpc.Resolve.CAP) {

@@ -278,3 +278,122 @@ Deno.test("capability tables are freed when a connection ends", async () => {
     t.close();
   }
 });
+
+/** A host whose capabilities are promises that settle when told to. */
+function promisingHost() {
+  const pending: (() => void)[] = [];
+  let value = 0;
+  const counter = () =>
+    rpc.serve(Counter, {
+      async increment(p, r) {
+        value += p.by;
+        r.value = value;
+      },
+    });
+  const cap = rpc.serve(TestHost, {
+    async newCounter(_p, r) {
+      const promise = new rpc.PromiseCap();
+      pending.push(() => promise.resolve(counter()));
+      r.counter = new Counter.Client(promise);
+    },
+    async bounce(p, r) {
+      const promise = new rpc.PromiseCap();
+      const target = rpc.retain(p.counter);
+      pending.push(() => promise.resolve(rpc.capOf(target)));
+      r.counter = new Counter.Client(promise);
+    },
+  } as rpc.ServerOf<typeof TestHost>);
+  const settleAll = () => {
+    for (const settle of pending.splice(0)) settle();
+  };
+  return { cap, settleAll };
+}
+
+Deno.test("a promise exported by the server resolves in place (Resolve)", async () => {
+  const served = promisingHost();
+  const [a, b] = rpc.memoryPipe();
+  const metrics = new rpc.RpcMetrics();
+  const server = new rpc.RpcConnection(b, { bootstrap: served.cap, metrics });
+  const client = new rpc.RpcConnection(a, { metrics });
+  try {
+    const host = rpc.bootstrap(client, TestHost);
+    const counter = (await host.newCounter().promise()).counter;
+    // Calls made while it is still a promise queue at the server.
+    const early = [1, 2, 3].map(() =>
+      counter.increment((p) => p.by = 1).promise()
+    );
+    await host.add().promise().catch(() => {});
+    served.settleAll();
+    const late = [4, 5].map(() => counter.increment((p) => p.by = 1).promise());
+    const values = await Promise.all([...early, ...late]);
+    assert.deepEqual(values.map((v) => v.value), [1, 2, 3, 4, 5]);
+    assert.equal(metrics.resolvesSent, 1);
+    assert.equal(metrics.resolvesReceived, 1);
+    rpc.release(counter);
+    rpc.release(host);
+  } finally {
+    client.close();
+    server.close();
+    served.cap.close();
+  }
+});
+
+Deno.test("a promise that resolves to the caller's own object keeps call order (Resolve + Disembargo)", async () => {
+  const served = promisingHost();
+  const [a, b] = rpc.memoryPipe();
+  const metrics = new rpc.RpcMetrics();
+  const server = new rpc.RpcConnection(b, { bootstrap: served.cap, metrics });
+  const client = new rpc.RpcConnection(a, { metrics });
+  try {
+    const host = rpc.bootstrap(client, TestHost);
+    const mine = new Counter.Client(serveCounter(0));
+    const bounced = (await host.bounce((p) => p.counter = mine).promise())
+      .counter;
+    const values: number[] = [];
+    const calls: Promise<void>[] = [];
+    const call = () =>
+      calls.push(
+        bounced.increment((p) => p.by = 1).promise().then((r) => {
+          values.push(r.value);
+        }),
+      );
+    for (let i = 0; i < 5; i++) call();
+    await host.add().promise().catch(() => {});
+    served.settleAll();
+    for (let i = 0; i < 30; i++) {
+      call();
+      if (i % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    await Promise.all(calls);
+    assert.deepEqual(values, Array.from({ length: 35 }, (_, i) => i + 1));
+    assert.ok(metrics.embargoes >= 1, "the client embargoed its own object");
+    rpc.release(bounced);
+    rpc.release(mine);
+    rpc.release(host);
+  } finally {
+    client.close();
+    server.close();
+    served.cap.close();
+  }
+});
+
+Deno.test("a peer passing more capabilities than the table holds is aborted", async () => {
+  const t = pair({ server: { limits: { maxCapabilities: 3 } } });
+  try {
+    const caps = Array.from(
+      { length: 5 },
+      () => new Counter.Client(serveCounter(0)),
+    );
+    for (const counter of caps) {
+      await t.host.holdCounter((p) => p.counter = counter).promise().catch(
+        () => {},
+      );
+    }
+    const reason = await t.server.closed;
+    assert.match(reason.message, /capability table is full/);
+    assert.ok(t.metrics.badMessages >= 1);
+    for (const counter of caps) rpc.release(counter);
+  } finally {
+    t.close();
+  }
+});

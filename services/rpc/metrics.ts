@@ -25,6 +25,8 @@ export class RpcMetrics {
   unimplementedSent = 0;
   unimplementedReceived = 0;
   embargoes = 0;
+  resolvesSent = 0;
+  resolvesReceived = 0;
   importsReleased = 0;
   exportsReleased = 0;
   /** SturdyRefs refused by a restorer (wrong zone, forged, unknown). */

@@ -175,3 +175,35 @@ Deno.test("C++ client calls the Deno server over a unix socket", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a C++ program on fd 3 (as a grain) calls the Deno server", async () => {
+  await buildPeer();
+  const state = serveTestHost();
+  const listener = rpc.listenTcp({ hostname: "127.0.0.1", port: 0 });
+  const accepted = listener.accept().then((transport) =>
+    new rpc.RpcConnection(transport, { bootstrap: state.cap })
+  );
+  let server: rpc.RpcConnection | undefined;
+  try {
+    // bash opens the socket as fd 3 and execs the C++ peer with it, the
+    // way a supervisor hands a grain its connection.
+    const client = await new Deno.Command("bash", {
+      args: [
+        "-c",
+        `exec 3<>/dev/tcp/127.0.0.1/${listener.port}; exec "$0" client-fd 3`,
+        peerPath,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    server = await accepted;
+    const stderr = new TextDecoder().decode(client.stderr);
+    assert.equal(client.code, 0, `C++ client failed: ${stderr}`);
+    assert.equal(new TextDecoder().decode(client.stdout).trim(), "ok");
+    assert.equal(state.live(), 0);
+  } finally {
+    server?.close();
+    listener.close();
+    state.cap.close();
+  }
+});

@@ -5,10 +5,14 @@
 //   peer server ADDRESS         listen ("unix:/path" or "127.0.0.1:0"),
 //                               print "listening PORT", serve until killed
 //   peer client ADDRESS         run the checks, print "ok" or fail
+//   peer client-fd FD           the same over an inherited socket (a grain's
+//                               fd 3), with TwoPartyClient
 //   peer rtt ADDRESS COUNT      time COUNT sequential add calls, print
 //                               "rtt_us MICROSECONDS" (mean)
 
 #include <capnp/ez-rpc.h>
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
 #include <kj/debug.h>
 
 #include <chrono>
@@ -260,6 +264,18 @@ int main(int argc, char** argv) {
     printf("ok\n");
     return 0;
   }
-  fprintf(stderr, "usage: peer server ADDRESS | peer client ADDRESS | peer rtt ADDRESS COUNT\n");
+  if (argc >= 3 && strcmp(argv[1], "client-fd") == 0) {
+    auto io = kj::setupAsyncIo();
+    auto stream = io.lowLevelProvider->wrapSocketFd(atoi(argv[2]));
+    capnp::TwoPartyClient client(*stream);
+    TestHost::Client host = client.bootstrap().castAs<TestHost>();
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { checks(host, io.waitScope); })) {
+      fprintf(stderr, "check failed: %s\n", e->getDescription().cStr());
+      return 1;
+    }
+    printf("ok\n");
+    return 0;
+  }
+  fprintf(stderr, "usage: peer server ADDRESS | peer client ADDRESS | peer client-fd FD | peer rtt ADDRESS COUNT\n");
   return 2;
 }
