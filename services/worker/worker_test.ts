@@ -5,9 +5,10 @@
  */
 import assert from "node:assert/strict";
 import * as rpc from "../rpc/mod.ts";
-import { Worker } from "../../proto/gen/worker.ts";
-import { GrainState } from "../../proto/gen/worker.ts";
+import { GrainHost } from "../../proto/gen/coordinator.ts";
+import { GrainState, Worker } from "../../proto/gen/worker.ts";
 import { buildTestApps } from "../../tests/apps/build.ts";
+import { encodeGrainSpec } from "./service.ts";
 import { openWebSession, relayRequest } from "./supervisor.ts";
 
 const apps = await buildTestApps();
@@ -131,6 +132,39 @@ Deno.test("the worker process installs, starts, stops, restores, lists and delet
     assert.equal(await response.text(), "kept");
     rpc.release(session);
     rpc.release(view);
+
+    // The coordinators' contract, on the same capability: startGrain with
+    // a "new" spec on a volume that holds data restores it instead.
+    const host = new GrainHost.Client(rpc.retain(worker).client);
+    await worker.stopGrain((p) => p.grainId = "grain-1").promise();
+    await host.startGrain((p) => {
+      p.grainId = "grain-1";
+      p.epoch = 7n;
+      p._initNeeds().memoryBytes = 64n << 20n;
+      const spec = encodeGrainSpec({
+        packageId: installed.packageId,
+        isNew: true,
+      });
+      p._initSpec(spec.length).copyBuffer(spec);
+    }).promise();
+    view = rpc.retain(
+      (await worker.getView((p) => p.grainId = "grain-1").promise()).view,
+    );
+    session = await openWebSession(view, { displayName: "Ann" });
+    response = await relayRequest(
+      session,
+      new Request("http://grain.test/files/a"),
+    );
+    assert.equal(await response.text(), "kept");
+    rpc.release(session);
+    rpc.release(view);
+    await host.stopGrain((p) => p.grainId = "grain-1").promise();
+    assert.equal(
+      (await worker.grainUsage((p) => p.grainId = "grain-1").promise()).usage
+        .state,
+      GrainState.STOPPED,
+    );
+    rpc.release(host);
 
     await worker.deleteGrain((p) => p.grainId = "grain-1").promise();
     assert.equal((await worker.listGrains().promise()).grains.length, 0);
