@@ -452,7 +452,10 @@ export class LocalCap extends Cap {
     const { interfaceId, methodId } = call.method;
     const server = this.#servers.get(interfaceId);
     const method = server?.methods[methodId];
-    if (server === undefined || method === undefined) {
+    if (
+      server === undefined || method === undefined ||
+      typeof method.impl !== "function"
+    ) {
       return new BrokenAnswer(
         new RpcError(
           "unimplemented",
@@ -501,9 +504,9 @@ export class LocalCap extends Cap {
   }
 }
 
-function invoke(run: () => Promise<void>): Promise<void> {
+function invoke(run: () => Promise<void> | void): Promise<void> {
   try {
-    return run();
+    return Promise.resolve(run());
   } catch (error) {
     return Promise.reject(error);
   }

@@ -285,24 +285,24 @@ function promisingHost() {
   let value = 0;
   const counter = () =>
     rpc.serve(Counter, {
-      async increment(p, r) {
+      increment(p, r) {
         value += p.by;
         r.value = value;
       },
     });
   const cap = rpc.serve(TestHost, {
-    async newCounter(_p, r) {
+    newCounter(_p, r) {
       const promise = new rpc.PromiseCap();
       pending.push(() => promise.resolve(counter()));
       r.counter = new Counter.Client(promise);
     },
-    async bounce(p, r) {
+    bounce(p, r) {
       const promise = new rpc.PromiseCap();
       const target = rpc.retain(p.counter);
       pending.push(() => promise.resolve(rpc.capOf(target)));
       r.counter = new Counter.Client(promise);
     },
-  } as rpc.ServerOf<typeof TestHost>);
+  });
   const settleAll = () => {
     for (const settle of pending.splice(0)) settle();
   };

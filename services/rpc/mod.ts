@@ -33,8 +33,8 @@
  * import * as rpc from "./mod.ts";
  * import { Counter, TestHost } from "../../proto/gen/rpc_test.ts";
  *
- * // The server side: implement the generated interface (methods not
- * // given here answer `unimplemented`).
+ * // The server side: implement the generated interface (methods left
+ * // out answer `unimplemented`; a method may be synchronous).
  * const host = rpc.serve(TestHost, {
  *   async add(params, results) {
  *     results.sum = params.a + params.b;
@@ -48,7 +48,7 @@
  *       },
  *     }));
  *   },
- * } as rpc.ServerOf<typeof TestHost>);
+ * });
  * const listener = rpc.listenTcp({ hostname: "127.0.0.1", port: 0 });
  * const accepted = listener.accept().then((transport) =>
  *   new rpc.RpcConnection(transport, { bootstrap: host })
@@ -128,13 +128,27 @@ export interface InterfaceClass<Target, Client> {
   readonly Client: new (client: $.Client) => Client;
 }
 
+/**
+ * A server implementation as {@link serve} takes it: the generated
+ * `Foo$Server$Target`, except that a method may also return nothing
+ * (a synchronous method) instead of a promise.
+ */
+export type Implementation<Target> = {
+  [K in keyof Target]: Target[K] extends
+    (params: infer P, results: infer R) => Promise<void>
+    ? (params: P, results: R) => void | Promise<void>
+    : Target[K];
+};
+
 /** The implementation type a generated interface's Server takes. */
 export type ServerOf<I> = I extends
-  { readonly Server: new (target: infer T) => $.Server } ? T : never;
+  { readonly Server: new (target: infer T) => $.Server } ? Implementation<T>
+  : never;
 
 /**
  * Serves `target` as a capability of interface `iface`. `target` has one
- * async method per schema method, `(params, results) => Promise<void>`;
+ * method per schema method, `(params, results) => void | Promise<void>`,
+ * and may leave out methods (they answer `unimplemented`);
  * throwing an {@link RpcError} sends that error type to the caller, any
  * other error is sent as `failed`. The caller owns the returned reference.
  *
@@ -157,10 +171,10 @@ export type ServerOf<I> = I extends
  */
 export function serve<Target, Client>(
   iface: InterfaceClass<Target, Client>,
-  target: Target,
+  target: Partial<Implementation<Target>>,
   onClose?: () => void,
 ): Cap {
-  return new LocalCap([new iface.Server(target)], onClose);
+  return new LocalCap([new iface.Server(target as Target)], onClose);
 }
 
 /**

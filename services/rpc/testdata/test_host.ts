@@ -1,5 +1,3 @@
-// Server methods must return promises (the generated Target type).
-// deno-lint-ignore-file require-await
 /**
  * A TestHost (proto/rpc_test.capnp) served by this engine: the Deno side
  * of the RPC tests, the interop tests and the benchmark.
@@ -7,13 +5,9 @@
  * @module
  */
 
-import {
-  Counter,
-  TestHost,
-  type TestHost$Server$Target,
-} from "../../../proto/gen/rpc_test.ts";
+import { Counter, TestHost } from "../../../proto/gen/rpc_test.ts";
 import { RpcError, type RpcErrorType } from "../errors.ts";
-import { type Cap, retain, serve } from "../mod.ts";
+import { type Cap, retain, serve, type ServerOf } from "../mod.ts";
 
 /** A served TestHost and what tests observe of it. */
 export interface TestHostState {
@@ -28,7 +22,7 @@ export interface TestHostState {
 export function serveCounter(start: number, onClose?: () => void): Cap {
   let value = start;
   return serve(Counter, {
-    async increment(params, results) {
+    increment(params, results) {
       value += params.by;
       results.value = value;
     },
@@ -40,11 +34,11 @@ export function serveTestHost(): TestHostState {
   let live = 0;
   const held: InstanceType<typeof Counter.Client>[] = [];
   const state = {} as TestHostState;
-  const target: TestHost$Server$Target = {
-    async add(params, results) {
+  const target: ServerOf<typeof TestHost> = {
+    add(params, results) {
       results.sum = params.a + params.b;
     },
-    async newCounter(params, results) {
+    newCounter(params, results) {
       live++;
       // A capability put in results is handed over with them.
       results.counter = new Counter.Client(
@@ -57,25 +51,25 @@ export function serveTestHost(): TestHostState {
       }).promise();
       results.value = reply.value;
     },
-    async holdCounter(params) {
+    holdCounter(params) {
       held.push(retain(params.counter));
     },
-    async dropHeld() {
+    dropHeld() {
       for (const counter of held.splice(0)) counter.client.close();
     },
-    async liveCounters(_params, results) {
+    liveCounters(_params, results) {
       results.count = live;
     },
-    async fail(params) {
+    fail(params) {
       throw new RpcError(params.kind as RpcErrorType, `asked to fail`);
     },
-    async echo(params, results) {
+    echo(params, results) {
       results.data = params.data;
     },
-    async bounce(params, results) {
+    bounce(params, results) {
       results.counter = retain(params.counter);
     },
-    async self(_params, results) {
+    self(_params, results) {
       results.host = retain(new TestHost.Client(state.cap));
     },
   };
