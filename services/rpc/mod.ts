@@ -1,32 +1,45 @@
 /**
- * Blackrock's Cap'n Proto RPC engine: how every role and grain talks.
+ * Blackrock's Cap'n Proto RPC engine (levels 1 and 2): how every role and
+ * grain talks. Build services on this module; import level 2 (SturdyRefs)
+ * from `./sturdyref.ts`.
  *
  * Schemas are compiled by `bash tasks/codegen.sh` (capnp-es) into
- * `proto/gen/`. For an interface `Calc` the generated module gives
- * `Calc.Client` (typed methods that return a promise-like object which
- * pipelines) and `Calc.Server` (takes an object with one async method per
- * schema method, each `(params, results) => Promise<void>`, params and
- * results being the generated `Calc_Add$Params` / `Calc_Add$Results`
- * classes). This module connects them across vats:
+ * `proto/gen/`. For an interface `Foo` the generated module gives
+ * `Foo.Client` (typed methods; each returns a `Foo_Bar$Results$Promise`
+ * whose `.promise()` gives the typed results and whose getters, such as
+ * `.getChild()`, give pipelined clients) and `Foo.Server` (made from an
+ * object with one method per schema method, `(params, results)`, params
+ * and results being the generated `Foo_Bar$Params` / `Foo_Bar$Results`
+ * struct classes). This module joins them across vats:
  *
- * - {@link serve} turns a server object into a capability ({@link Cap}).
- * - {@link RpcConnection} runs the protocol over any
- *   {@link MessageConnection}: the stream transport here
- *   ({@link connectTcp}, {@link connectUnix}, {@link listenTcp},
- *   {@link listenUnix}, {@link openFd}) or the sealed UDP network.
- * - {@link bootstrap} gives a typed client of the peer's bootstrap.
- * - Capabilities cross in params and results in both directions; a
- *   client's `.client.close()` (or {@link release}) drops the reference and
- *   the peer is told (Release). Capabilities a server receives in params
- *   are released when the call returns unless it keeps them with
- *   {@link retain}.
- * - Errors are {@link RpcError} with `type` one of `failed`, `overloaded`,
- *   `disconnected`, `unimplemented`.
+ * - {@link serve}`(Foo, impl)` serves an implementation as a {@link Cap};
+ *   {@link serveAll} serves one object under several interfaces (e.g. with
+ *   `Persistent`). `new Foo.Client(cap)` is a typed client of any Cap.
+ * - {@link RpcConnection} runs the protocol over a
+ *   {@link MessageConnection}: the stream transport ({@link connectTcp},
+ *   {@link connectUnix}, {@link listenTcp}, {@link listenUnix},
+ *   {@link openFd} for a grain's fd 3), {@link memoryPipe} in one process,
+ *   or the sealed UDP network (services/rpc/sealed_udp/). Its options give
+ *   the bootstrap capability, {@link ConnectionLimits} and the
+ *   {@link RpcMetrics} to count into.
+ * - {@link bootstrap}`(connection, Foo)` is the peer's bootstrap as a
+ *   typed client, usable at once (calls pipeline until it arrives).
+ * - Errors are {@link RpcError}; `type` is `failed`, `overloaded`,
+ *   `disconnected` or `unimplemented`, `remote` says whether the peer
+ *   raised it. A server throws RpcError to choose the type; anything else
+ *   reaches the caller as `failed`. A method left out of an
+ *   implementation answers `unimplemented`.
  *
- * Ownership: capabilities written into params are lent (the caller keeps
- * its reference); capabilities written into results are handed over with
- * them; a capability read from results (or pipelined from them) is one
- * reference the caller closes once.
+ * Ownership of capabilities (each Cap counts its references; when the last
+ * goes, the peer gets Release, and a local server's `onClose` runs):
+ * - written into params: lent, the caller keeps its reference;
+ * - received by a server in params: released when the call returns,
+ *   unless the server keeps one with {@link retain};
+ * - written into results: handed over with the results;
+ * - read from results, or pipelined from them: one reference for the
+ *   caller, dropped with {@link release} (a client's `.client.close()`).
+ *   A reference never dropped is released when the garbage collector
+ *   finds it, or when the connection ends.
  *
  * @example Serve a capability over TCP and call it with pipelining
  * ```ts
