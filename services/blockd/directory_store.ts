@@ -38,6 +38,12 @@ interface LeaseRecord {
   expiresAtMs: number;
 }
 
+/** Inode and modification time: an inode number alone may be reused by a
+ * later replacement once ours is freed. */
+function stampOf(info: Deno.FileInfo): string {
+  return `${info.ino}:${info.mtime?.getTime()}`;
+}
+
 /** How long a lease lasts without renewal, unless configured otherwise. */
 export const DEFAULT_LEASE_TTL_MS = 10_000;
 
@@ -55,6 +61,8 @@ export class DirectoryBlockStore implements BlockStore {
   readonly #file: Deno.FsFile;
   readonly #leaseTtlMs: number;
   #lease: LeaseRecord | undefined;
+  /** Inode and mtime of lease.json as this instance last wrote it. */
+  #leaseStamp: string | null = null;
 
   private constructor(
     root: string,
@@ -237,11 +245,18 @@ export class DirectoryBlockStore implements BlockStore {
     };
   }
 
-  /** Throws unless the lease file still names our lease. */
+  /** Throws unless the lease file still names our lease. The file is
+   * replaced by rename on every change, so while its inode and mtime are
+   * the ones our own last update made, nobody else has touched it: a stat,
+   * not a read, on the write path. */
   #checkLease(): void {
     const ours = this.#lease;
     if (ours === undefined) {
       throw new LeaseError(`no writer lease held on ${this.#root}`);
+    }
+    const leasePath = `${this.#root}/lease.json`;
+    if (this.#leaseStamp !== null) {
+      if (stampOf(Deno.statSync(leasePath)) === this.#leaseStamp) return;
     }
     let current: LeaseRecord;
     try {
@@ -262,10 +277,12 @@ export class DirectoryBlockStore implements BlockStore {
   }
 
   async #writeLease(record: LeaseRecord): Promise<void> {
+    const path = `${this.#root}/lease.json`;
     await writeFileDurably(
-      `${this.#root}/lease.json`,
+      path,
       new TextEncoder().encode(JSON.stringify(record)),
     );
+    this.#leaseStamp = stampOf(await Deno.stat(path));
   }
 
   /** Runs `action` while holding `lease.lock`, created exclusively. A lock

@@ -353,7 +353,11 @@ export class GrainCache implements BlockDevice {
     if (zeroed) this.#zeroed.setRange(first, end);
     else this.#zeroed.clearRange(first, end);
     this.#dirtySinceMs ??= Date.now();
-    if (this.#dirty.count >= this.#options.maxDirtyBlocks) {
+    // One early round at a time: queueing a round per write past the
+    // threshold would bury the event loop in rounds.
+    if (
+      this.#dirty.count >= this.#options.maxDirtyBlocks && this.#round === null
+    ) {
       this.#writeBackAll().catch((error) =>
         this.#log.warn("writeback-failed", { error })
       );
@@ -362,6 +366,7 @@ export class GrainCache implements BlockDevice {
 
   #tick(): void {
     if (this.#closed || this.#dirtySinceMs === null) return;
+    if (this.#round !== null) return;
     if (Date.now() - this.#dirtySinceMs < this.#options.maxUnflushedMs / 2) {
       return;
     }

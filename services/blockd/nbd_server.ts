@@ -147,6 +147,91 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   while (done < bytes.length) done += await conn.write(bytes.subarray(done));
 }
 
+/** Replies smaller than this are gathered into one write with the others
+ * waiting; larger ones go out alone rather than being copied. */
+const GATHER_BYTES = 64 * 1024;
+
+/**
+ * Sends replies whole and in turn. Replies that complete while a write is
+ * in progress queue up and leave in one write, so that a deep queue of
+ * small requests costs one system call per batch, not per reply.
+ */
+class ReplyWriter {
+  readonly #conn: Deno.Conn;
+  readonly #onError: (error: unknown) => void;
+  #queue: { bytes: Uint8Array; done: PromiseWithResolvers<void> }[] = [];
+  #writing: Promise<void> | null = null;
+  broken = false;
+
+  constructor(conn: Deno.Conn, onError: (error: unknown) => void) {
+    this.#conn = conn;
+    this.#onError = onError;
+  }
+
+  /** Resolves once the reply is written (or the connection is broken). */
+  send(bytes: Uint8Array): Promise<void> {
+    if (this.broken) return Promise.resolve();
+    const done = Promise.withResolvers<void>();
+    this.#queue.push({ bytes, done });
+    this.#writing ??= this.#drain();
+    return done.promise;
+  }
+
+  /** Resolves when every queued reply has been written. */
+  async drained(): Promise<void> {
+    while (this.#writing !== null) await this.#writing;
+  }
+
+  async #drain(): Promise<void> {
+    // Starting a turn later lets replies completed in this turn join the
+    // first batch, and keeps #writing set until after send() returns.
+    await Promise.resolve();
+    while (this.#queue.length > 0) {
+      const batch = this.#takeBatch();
+      try {
+        if (!this.broken) {
+          await writeAll(
+            this.#conn,
+            batch.length === 1 ? batch[0].bytes : concat(batch),
+          );
+        }
+      } catch (error) {
+        this.broken = true;
+        this.#onError(error);
+      }
+      for (const item of batch) item.done.resolve();
+    }
+    this.#writing = null;
+  }
+
+  #takeBatch() {
+    const first = this.#queue[0];
+    if (first.bytes.length >= GATHER_BYTES) return this.#queue.splice(0, 1);
+    let count = 1;
+    let total = first.bytes.length;
+    while (
+      count < this.#queue.length &&
+      total + this.#queue[count].bytes.length <= GATHER_BYTES * 4 &&
+      this.#queue[count].bytes.length < GATHER_BYTES
+    ) {
+      total += this.#queue[count].bytes.length;
+      count++;
+    }
+    return this.#queue.splice(0, count);
+  }
+}
+
+function concat(batch: { bytes: Uint8Array }[]): Uint8Array {
+  const total = batch.reduce((sum, item) => sum + item.bytes.length, 0);
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const item of batch) {
+    out.set(item.bytes, at);
+    at += item.bytes.length;
+  }
+  return out;
+}
+
 /** Maps a device failure to the NBD error to send. */
 function errnoOf(error: unknown): number {
   if (error instanceof BlockRangeError) return Errno.EINVAL;
@@ -355,16 +440,10 @@ export class NbdServer {
     const device = entry.device;
     const limits = { sizeBytes: device.sizeBytes, readOnly: false };
     const inFlight = new Set<Promise<void>>();
-    let sending: Promise<void> = Promise.resolve();
-    let broken = false;
-    const send = (bytes: Uint8Array) => {
-      sending = sending.then(() => broken ? undefined : writeAll(conn, bytes))
-        .catch((error) => {
-          broken = true;
-          this.#log.debug("reply-failed", { error });
-        });
-      return sending;
-    };
+    const replies = new ReplyWriter(conn, (error) => {
+      this.#log.debug("reply-failed", { error });
+    });
+    const send = (bytes: Uint8Array) => replies.send(bytes);
     const replyError = (errno: number, cookie: bigint) => {
       const bytes = new Uint8Array(SIMPLE_REPLY_BYTES);
       writeSimpleReply(bytes, 0, errno, cookie);
@@ -372,7 +451,7 @@ export class NbdServer {
     };
 
     try {
-      while (!broken) {
+      while (!replies.broken) {
         const header = await reader.view(REQUEST_HEADER_BYTES, true);
         if (header === null) break;
         const request = parseRequestHeader(header);
@@ -405,7 +484,7 @@ export class NbdServer {
       }
     } finally {
       await Promise.allSettled([...inFlight]);
-      await sending;
+      await replies.drained();
     }
   }
 
