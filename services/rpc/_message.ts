@@ -12,26 +12,56 @@
 import * as $ from "capnp-es";
 
 type ArenaClass = new (buffer: ArrayBuffer | ArrayBuffer[]) => object;
+type SegmentClass = new (
+  id: number,
+  message: $.Message,
+  buffer: ArrayBuffer,
+  byteLength: number,
+) => unknown;
 
-const SingleSegmentArena = (new $.Message()._capnp.arena as object)
-  .constructor as ArenaClass;
-const MultiSegmentArena = (new $.Message(
+const sample = new $.Message(
   new Uint8Array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
   false,
-)._capnp.arena as object).constructor as ArenaClass;
+);
+const MultiSegmentArena = (sample._capnp.arena as object)
+  .constructor as ArenaClass;
+const SingleSegmentArena = (new $.Message()._capnp.arena as object)
+  .constructor as ArenaClass;
+const Segment = sample.getSegment(0).constructor as SegmentClass;
+const TRAVERSAL_LIMIT = sample._capnp.traversalLimit;
 
 /** First buffer of an outgoing message; it grows when needed. */
 const INITIAL_BYTES = 512;
 
+/**
+ * A message with the given arena and segments, made without the capnp-es
+ * constructor, whose generic set-up was a visible part of every call. The
+ * result is what the constructor would build: `_capnp` with the arena,
+ * one Segment per buffer and the default traversal limit.
+ */
+function assemble(
+  arena: object,
+  buffers: readonly ArrayBuffer[],
+  usedBytes: (index: number) => number,
+): $.Message {
+  const message = Object.create($.Message.prototype) as $.Message;
+  const segments: unknown[] = [];
+  (message as { _capnp: unknown })._capnp = {
+    arena,
+    segments,
+    traversalLimit: TRAVERSAL_LIMIT,
+  };
+  for (let i = 0; i < buffers.length; i++) {
+    segments.push(new Segment(i, message, buffers[i], usedBytes(i)));
+  }
+  return message;
+}
+
 /** A new, empty message for the engine to build. */
 export function newMessage(): $.Message {
-  const message = new $.Message(
-    new SingleSegmentArena(new ArrayBuffer(INITIAL_BYTES)) as never,
-  );
-  // A message made from an arena treats the whole buffer as content; mark
-  // it empty but for the root pointer, as capnp-es does for a new message.
-  message._capnp.segments[0].byteLength = 8;
-  return message;
+  const buffer = new ArrayBuffer(INITIAL_BYTES);
+  // Only the root pointer is in use, as in a fresh capnp-es message.
+  return assemble(new SingleSegmentArena(buffer), [buffer], () => 8);
 }
 
 /**
@@ -50,7 +80,11 @@ export function readMessage(bytes: Uint8Array): $.Message {
     segments.push(bytes.buffer.slice(start, start + length) as ArrayBuffer);
     offset += length;
   }
-  return new $.Message(new MultiSegmentArena(segments) as never);
+  return assemble(
+    new MultiSegmentArena(segments),
+    segments,
+    (i) => segments[i].byteLength,
+  );
 }
 
 /** The framed bytes of a message (standard stream framing), in one
