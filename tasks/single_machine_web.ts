@@ -53,6 +53,13 @@ function ports(context: RoleContext) {
   };
 }
 
+/** The worker role's RPC port (its first port), when the table has a
+ * worker: the shell then starts grains on it over proto/worker.capnp, and
+ * the gateway opens their sessions there. */
+function workerPort(context: RoleContext): number | undefined {
+  return context.ports.worker?.[0];
+}
+
 /** The shell: sign-in, apps, grains, sharing, admin. */
 export const shellRole: SingleMachineRole = {
   name: "shell",
@@ -66,7 +73,7 @@ export const shellRole: SingleMachineRole = {
       netHosts: [
         `127.0.0.1:${p.shell}`,
         `127.0.0.1:${p.control}`,
-        `127.0.0.1:${p.runner}`,
+        `127.0.0.1:${workerPort(context) ?? p.runner}`,
       ],
     });
   },
@@ -79,18 +86,23 @@ export const shellRole: SingleMachineRole = {
       grainHostSuffix: host,
       database: { kind: "sqlite", path: `${context.dataDir}/shell.sqlite` },
       packageDir: `${context.dataDir}/packages`,
-      runner: { kind: "http", url: `http://127.0.0.1:${p.runner}` },
+      runner: workerPort(context) !== undefined
+        ? { kind: "worker", hostname: "127.0.0.1", port: workerPort(context) }
+        : { kind: "http", url: `http://127.0.0.1:${p.runner}` },
       gateway: {
         controlUrl: `http://127.0.0.1:${p.control}`,
         token: webToken(context),
       },
     };
   },
-  describe: (context) =>
-    `http://127.0.0.1:${
-      ports(context).shell
-    }/ (reached through the gateway); ` +
-    `grains through the runner at http://127.0.0.1:${ports(context).runner}/`,
+  describe: (context) => {
+    const p = ports(context);
+    const worker = workerPort(context);
+    const grains = worker !== undefined
+      ? `grains on the worker at 127.0.0.1:${worker}`
+      : `grains through the runner at http://127.0.0.1:${p.runner}/`;
+    return `http://127.0.0.1:${p.shell}/ (reached through the gateway); ${grains}`;
+  },
 };
 
 /** The gateway: nginx with TLS, routing to shells and grain sessions. */

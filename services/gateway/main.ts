@@ -147,6 +147,7 @@ if (import.meta.main) {
           await nginx?.stop();
           await updating;
           await Promise.all([proxy.shutdown(), control.shutdown()]);
+          gateway.close();
         },
       };
     },

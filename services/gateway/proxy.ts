@@ -13,6 +13,7 @@
  * @module
  */
 import type { Logger } from "../runtime/log.ts";
+import { isWorkerBackend, WorkerSessions } from "./worker_sessions.ts";
 
 /** Where a grain session's requests go, as a shell answered. */
 export interface GrainRoute {
@@ -68,6 +69,7 @@ export class Gateway {
   readonly #options: GatewayOptions;
   readonly #shells = new Map<string, { address: string; seenAt: number }>();
   readonly #routes = new Map<string, { route: GrainRoute; at: number }>();
+  readonly #workerSessions = new WorkerSessions();
   #next = 0;
   #lastList = "";
 
@@ -223,6 +225,22 @@ export class Gateway {
       return text("This link only lets you view this grain.", 403);
     }
     const url = new URL(request.url);
+    if (isWorkerBackend(route.backend)) {
+      const baseUrl = `${
+        new URL(this.#options.shellOrigin).protocol
+      }//${label}.${this.#options.grainHostSuffix}`;
+      if (request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+        return await this.#workerSessions.webSocket(
+          label,
+          route,
+          baseUrl,
+          request,
+        );
+      }
+      return this.#framedBy(
+        await this.#workerSessions.fetch(label, route, baseUrl, request),
+      );
+    }
     const target = `${
       route.backend.replace(/\/$/, "")
     }${url.pathname}${url.search}`;
@@ -235,7 +253,12 @@ export class Gateway {
     if (request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return proxyWebSocket(request, target, extra);
     }
-    const response = await forward(request, target, extra);
+    return this.#framedBy(await forward(request, target, extra));
+  }
+
+  /** Lets only the shell frame a grain's pages, unless the app said
+   * otherwise. */
+  #framedBy(response: Response): Response {
     const headers = new Headers(response.headers);
     if (!headers.has("content-security-policy")) {
       headers.set(
@@ -248,6 +271,11 @@ export class Gateway {
       statusText: response.statusText,
       headers,
     });
+  }
+
+  /** Closes connections to workers. */
+  close(): void {
+    this.#workerSessions.close();
   }
 }
 

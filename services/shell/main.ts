@@ -14,6 +14,7 @@ import { runService } from "../runtime/service.ts";
 import type { Logger } from "../runtime/log.ts";
 import { HttpGrainRunner, noRunner } from "./grain_runner.ts";
 import { PackageStore, spkVerifier } from "./packages.ts";
+import { WorkerGrainRunner } from "./worker_client.ts";
 import { randomToken } from "./password.ts";
 import { MongoRepository } from "./repo/mongo.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
@@ -50,6 +51,11 @@ export const shellConfig = z.strictObject({
   runner: z.discriminatedUnion("kind", [
     z.strictObject({ kind: z.literal("none") }),
     z.strictObject({ kind: z.literal("http"), url: z.string().url() }),
+    z.strictObject({
+      kind: z.literal("worker"),
+      hostname: z.string().default("127.0.0.1"),
+      port: z.number().int().min(1).max(65535),
+    }),
   ]).default({ kind: "none" }),
   gateway: z.strictObject({
     /** The gateway's control URL, where replicas register. */
@@ -139,6 +145,8 @@ if (import.meta.main) {
       await ensureAdmin(repo, config, log);
       const runner = config.runner.kind === "http"
         ? new HttpGrainRunner(config.runner.url)
+        : config.runner.kind === "worker"
+        ? new WorkerGrainRunner(config.runner)
         : noRunner;
       const packages = new PackageStore(
         config.packageDir,
@@ -222,6 +230,7 @@ if (import.meta.main) {
           await server.shutdown();
           await repo.removeReplica(id);
           await repo.close();
+          if (runner instanceof WorkerGrainRunner) runner.close();
         },
       };
     },

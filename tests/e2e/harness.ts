@@ -106,6 +106,8 @@ export interface WebSideOptions {
   token: string;
   shells?: number;
   runnerUrl?: string;
+  /** A worker's RPC port on loopback, for the shell's worker runner. */
+  workerPort?: number;
   maxUploadBytes?: number;
   database?: { kind: "sqlite" } | { kind: "mongodb"; url: string };
 }
@@ -153,6 +155,9 @@ export function startShell(options: WebSideOptions, index: number) {
   }
   if (options.runnerUrl !== undefined) {
     overrides.push("runner.kind=http", `runner.url=${options.runnerUrl}`);
+  }
+  if (options.workerPort !== undefined) {
+    overrides.push("runner.kind=worker", `runner.port=${options.workerPort}`);
   }
   if (options.maxUploadBytes !== undefined) {
     overrides.push(`maxUploadBytes=${options.maxUploadBytes}`);
