@@ -18,6 +18,7 @@
 
 import { TestHost } from "../proto/gen/rpc_test.ts";
 import * as rpc from "../services/rpc/mod.ts";
+import { udpBenchmarks } from "./bench_rpc_udp.ts";
 
 /** One measured value. */
 export interface BenchResult {
@@ -213,6 +214,8 @@ async function tcpCallsPerSecond(): Promise<BenchResult[]> {
 export const benchmarks: Record<string, () => Promise<BenchResult[]>> = {
   tcp_vs_cpp_rtt: tcpVsCppRtt,
   tcp_calls_per_second: tcpCallsPerSecond,
+  // Sealed UDP: udp_vs_tcp_rtt, udp_calls_per_second, bulk_vs_seal.
+  ...udpBenchmarks,
 };
 
 if (import.meta.main) {

@@ -236,6 +236,10 @@ export class SealedUdpNetwork implements VatNetwork {
   readonly #host: ConnectionHost;
   readonly #stopListening: () => void;
   #flushScheduled = false;
+  #ackFlushScheduled = false;
+  /** A macrotask queue: setTimeout(0) takes milliseconds, a message
+   * channel tens of microseconds. */
+  readonly #ackChannel = new MessageChannel();
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAtMs = Infinity;
   #closed = false;
@@ -291,6 +295,10 @@ export class SealedUdpNetwork implements VatNetwork {
       count: (name, amount = 1) => this.#count(name, amount),
     };
     this.#socket = socket;
+    this.#ackChannel.port1.onmessage = () => {
+      this.#ackFlushScheduled = false;
+      if (!this.#closed) this.#flush();
+    };
     sink.onBatch = (batch) => this.#onBatch(batch);
     sink.onError = (error) => this.#onSocketError(error);
     const bound = parseAddress(options.bind ?? "127.0.0.1:0");
@@ -420,6 +428,8 @@ export class SealedUdpNetwork implements VatNetwork {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopListening();
+    this.#ackChannel.port1.close();
+    this.#ackChannel.port2.close();
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     const error = new TransportClosedError("network is closed");
@@ -503,6 +513,20 @@ export class SealedUdpNetwork implements VatNetwork {
     if (!this.#flushScheduled && !this.#closed) {
       this.#flushScheduled = true;
       queueMicrotask(() => this.#flush());
+    }
+  }
+
+  /**
+   * Schedules an acknowledgement. It goes out in a macrotask rather than
+   * at once, so that a reply the application sends while handling the
+   * message (in microtasks) carries it: a request and its answer then cost
+   * one datagram each way instead of two.
+   */
+  #markAckDirty(peer: Peer): void {
+    this.#dirty.add(peer);
+    if (!this.#flushScheduled && !this.#ackFlushScheduled && !this.#closed) {
+      this.#ackFlushScheduled = true;
+      this.#ackChannel.port2.postMessage(0);
     }
   }
 
@@ -836,7 +860,6 @@ export class SealedUdpNetwork implements VatNetwork {
       }
       for (const frame of frames) this.#onFrame(peer, frame, now);
     }
-    this.#flush();
   }
 
   /** Applies the sender's boot; false when the packet is from a boot older
@@ -909,8 +932,10 @@ export class SealedUdpNetwork implements VatNetwork {
             conn: frame.conn,
             reason: ResetReason.MessageTooLarge,
           });
+          this.#markDirty(peer);
+        } else {
+          this.#markAckDirty(peer);
         }
-        this.#markDirty(peer);
         break;
       }
       case FRAME_ACK:
@@ -921,7 +946,7 @@ export class SealedUdpNetwork implements VatNetwork {
         break;
       case FRAME_PING:
         connection.ackWanted = true;
-        this.#markDirty(peer);
+        this.#markAckDirty(peer);
         break;
       case FRAME_RESET:
         this.#count("resetsReceived");
