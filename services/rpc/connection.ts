@@ -87,6 +87,8 @@ interface AnswerEntry {
   /** The Return message prepared for a local server to write results
    * into directly; undefined when results must be copied. */
   returnMessage?: $.Message;
+  /** The results payload inside `returnMessage`. */
+  returnPayload?: rpc.Payload;
 }
 
 interface Embargo {
@@ -351,10 +353,14 @@ export class RpcConnection {
       return undefined;
     }
     const pending = cap.whenResolved();
+    const known = this.#exportIds.has(cap);
     const id = this.#export(cap);
     if (pending !== undefined) {
       descriptor.senderPromise = id;
-      pending.then((resolution) => this.#resolveExport(id, cap, resolution));
+      // One Resolve per exported promise, however often it is sent.
+      if (!known) {
+        pending.then((resolution) => this.#resolveExport(id, cap, resolution));
+      }
     } else {
       descriptor.senderHosted = id;
     }
@@ -711,8 +717,10 @@ export class RpcConnection {
       const ret = returnMessage.initRoot(rpc.Message)._initReturn();
       ret.answerId = questionId;
       ret.releaseParamCaps = false;
-      dataCall.resultsAt = ret._initResults().content;
+      const payload = ret._initResults();
+      dataCall.resultsAt = payload.content;
       entry.returnMessage = returnMessage;
+      entry.returnPayload = payload;
     }
     const answer = target.send(dataCall);
     entry.answer = answer;
@@ -925,8 +933,9 @@ export class RpcConnection {
       ) {
         // A local server wrote its results straight into the Return.
         const prepared = entry.returnMessage;
+        const payload = entry.returnPayload!;
         entry.returnMessage = undefined;
-        const payload = prepared.getRoot(rpc.Message).return.results;
+        entry.returnPayload = undefined;
         try {
           entry.resultCaps = prepared._capnp.capTable ?? [];
           entry.resultExports = this.#writeCapTable(payload, prepared);
@@ -1320,6 +1329,8 @@ class ImportCap extends Cap {
 /** An import the peer marked as a promise: it may send Resolve for it. */
 class PromiseImportCap extends ImportCap {
   #target: Cap | undefined;
+  /** The reference the Resolve gave; dropped with this import. */
+  #resolution: Cap | undefined;
   #called = false;
   readonly #settled: Promise<Cap>;
   #settle!: (cap: Cap) => void;
@@ -1340,6 +1351,7 @@ class PromiseImportCap extends ImportCap {
       resolution.close();
       return;
     }
+    this.#resolution = resolution;
     const final = shorten(resolution);
     this.#target = this.#called && final.connection !== this.conn &&
         !(final instanceof BrokenCap)
@@ -1351,6 +1363,11 @@ class PromiseImportCap extends ImportCap {
   disconnect(error: RpcError): void {
     super.disconnect(error);
     if (this.#target === undefined) this.settle(new BrokenCap(error));
+  }
+
+  protected dispose(): void {
+    super.dispose();
+    this.#resolution?.close();
   }
 
   resolved(): Cap | undefined {

@@ -329,7 +329,10 @@ Deno.test("a promise exported by the server resolves in place (Resolve)", async 
     assert.deepEqual(values.map((v) => v.value), [1, 2, 3, 4, 5]);
     assert.equal(metrics.resolvesSent, 1);
     assert.equal(metrics.resolvesReceived, 1);
+    assert.equal(server.stats.exports, 3, "host, promise, resolution");
     rpc.release(counter);
+    await host.add().promise().catch(() => {});
+    assert.equal(server.stats.exports, 1, "only the host is left");
     rpc.release(host);
   } finally {
     client.close();
