@@ -400,3 +400,18 @@ Deno.test("a peer passing more capabilities than the table holds is aborted", as
     t.close();
   }
 });
+
+Deno.test("an import dropped without close is released once collected", async () => {
+  const script = new URL("./testdata/gc_release.ts", import.meta.url).pathname;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--v8-flags=--expose-gc", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(output.stderr);
+  assert.equal(output.code, 0, stderr);
+  assert.equal(
+    new TextDecoder().decode(output.stdout).trim(),
+    "before 3 after 0",
+  );
+});
