@@ -16,6 +16,10 @@ import type { StorageConfig } from "./main.ts";
 const root = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 const entry = new URL("./main.ts", import.meta.url).pathname;
 
+function homeDirectory(): string {
+  return Deno.env.get("HOME") ?? "/root";
+}
+
 function hex(bytes: Uint8Array): string {
   return vatIdHex(bytes);
 }
@@ -97,11 +101,26 @@ export async function startNode(
     entry,
     configFile,
     permissions: {
-      read: [root, cluster.dir, ...(disk.kind === "local" ? [disk.path] : [])],
+      read: [
+        root,
+        cluster.dir,
+        ...(disk.kind === "local" ? [disk.path] : [`${homeDirectory()}/.aws`]),
+      ],
       write: writable,
       net: ["127.0.0.1"],
       ffi: [libraryPath],
-      env: ["AWS_*"],
+      // The AWS SDK looks for shared config files under the home
+      // directory even when given everything explicitly.
+      env: [
+        "AWS_*",
+        "_X_AMZN_TRACE_ID",
+        "HOME",
+        "USERPROFILE",
+        "HOMEPATH",
+        "HOMEDRIVE",
+      ],
+      // ...and reads the OS release for its user agent.
+      sys: ["osRelease"],
     },
   });
   const child = new Deno.Command(command, {

@@ -11,7 +11,11 @@
  * Run with (local disk): `deno run --allow-read=. --allow-write=DIR
  * --allow-net=127.0.0.1 --allow-ffi=ffi/build/libblackrock.so
  * services/storage/main.ts --config FILE`. With S3, --allow-net must also
- * name the endpoint's host.
+ * name the endpoint's host, and the AWS SDK needs
+ * `--allow-env=AWS_*,_X_AMZN_TRACE_ID,HOME,USERPROFILE,HOMEPATH,HOMEDRIVE` and
+ * `--allow-read=$HOME/.aws` (it looks for shared config files even when
+ * given every setting; none is needed) and `--allow-sys=osRelease` (for its
+ * user agent).
  *
  * @module
  */

@@ -43,6 +43,13 @@ function statusOf(error: unknown): number | undefined {
   return metadata?.httpStatusCode;
 }
 
+/** A short reason from an SDK error, for messages (SDK messages carry no
+ * credentials). */
+function reasonOf(error: unknown): string {
+  if (!(error instanceof Error)) return String(error).slice(0, 200);
+  return `${error.name}: ${error.message}`.slice(0, 200);
+}
+
 function stripQuotes(etag: string | undefined): string {
   if (etag === undefined) throw new DiskError("S3 reply has no ETag");
   return etag.replace(/^"|"$/g, "");
@@ -93,7 +100,10 @@ export class S3Disk implements Disk {
     } catch (error) {
       if (error instanceof DiskError) throw error;
       if (statusOf(error) === 404) return null;
-      throw new DiskError(`cannot read ${name} from S3`, { cause: error });
+      throw new DiskError(
+        `cannot read ${name} from S3: ${reasonOf(error)}`,
+        { cause: error },
+      );
     }
   }
 
@@ -130,9 +140,10 @@ export class S3Disk implements Disk {
       ) {
         throw new ConditionFailedError(name, condition);
       }
-      throw new DiskError(`cannot write ${name} to S3 (status ${status})`, {
-        cause: error,
-      });
+      throw new DiskError(
+        `cannot write ${name} to S3 (status ${status}): ${reasonOf(error)}`,
+        { cause: error },
+      );
     }
   }
 

@@ -97,6 +97,11 @@ function asRpcError(error: unknown): rpc.RpcError {
   return new rpc.RpcError("failed", String(error));
 }
 
+/** The implementation a generated interface's Server constructor takes. */
+// deno-lint-ignore no-explicit-any
+type TargetOf<I extends { Server: new (target: any) => unknown }> =
+  ConstructorParameters<I["Server"]>[0];
+
 // deno-lint-ignore no-explicit-any
 type Methods = Record<string, (...args: any[]) => Promise<void>>;
 
@@ -421,7 +426,7 @@ export class StorageService {
           }
         },
         ...this.#objectMethods(key),
-      }) as rpc.ServerOf<typeof Blob>,
+      }) as TargetOf<typeof Blob>,
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Blob, key }))],
@@ -452,7 +457,7 @@ export class StorageService {
           results.epoch = BigInt(stat.epoch);
         },
         ...this.#objectMethods(key),
-      }) as rpc.ServerOf<typeof Volume>,
+      }) as TargetOf<typeof Volume>,
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Volume, key }))],
@@ -491,7 +496,7 @@ export class StorageService {
         epoch: async (_params, results) => {
           results.epoch = BigInt(writer.epoch);
         },
-      }) as rpc.ServerOf<typeof VolumeWriter>,
+      }) as TargetOf<typeof VolumeWriter>,
     );
     return rpc.serveAll(
       [
@@ -523,7 +528,7 @@ export class StorageService {
           results.version = BigInt(version);
         },
         ...this.#objectMethods(key),
-      }) as rpc.ServerOf<typeof Assignable>,
+      }) as TargetOf<typeof Assignable>,
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Assignable, key }))],
@@ -539,7 +544,7 @@ export class StorageService {
           await this.#loadValue(value, results._initValue());
         },
         ...this.#objectMethods(key),
-      }) as rpc.ServerOf<typeof Immutable>,
+      }) as TargetOf<typeof Immutable>,
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Immutable, key }))],
