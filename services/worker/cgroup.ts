@@ -13,6 +13,7 @@
 import {
   KernelFileError,
   kernelFileExists,
+  killProcess,
   makeKernelDirectory,
   readKernelFile,
   removeKernelDirectory,
@@ -80,6 +81,34 @@ export class GrainCgroup {
     return `${this.path}/cgroup.procs`;
   }
 
+  /** Sets the hard memory limit. */
+  setLimit(limitBytes: number): void {
+    const limit = String(Math.floor(limitBytes));
+    if (this.version === 1) {
+      const memory = `${this.path}/memory.limit_in_bytes`;
+      const memsw = `${this.path}/memory.memsw.limit_in_bytes`;
+      // With swap accounting on, also cap memory+swap so that swapping out
+      // does not let a grain pass its limit. The kernel keeps memsw at or
+      // above memory, so a raise writes memsw first and a cut memory first.
+      if (!kernelFileExists(memsw)) {
+        writeKernelFile(memory, limit);
+      } else {
+        try {
+          writeKernelFile(memory, limit);
+          writeKernelFile(memsw, limit);
+        } catch {
+          writeKernelFile(memsw, limit);
+          writeKernelFile(memory, limit);
+        }
+      }
+    } else {
+      writeKernelFile(`${this.path}/memory.max`, limit);
+      if (kernelFileExists(`${this.path}/memory.swap.max`)) {
+        writeKernelFile(`${this.path}/memory.swap.max`, "0");
+      }
+    }
+  }
+
   /** Bytes of memory the grain uses now (page cache and tmpfs included). */
   async usageBytes(): Promise<number> {
     const file = this.version === 1
@@ -127,11 +156,7 @@ export class GrainCgroup {
     for (let round = 0; round < 100; round++) {
       const pids = await this.pids();
       if (pids.length === 0) return;
-      for (const pid of pids) {
-        try {
-          Deno.kill(pid, "SIGKILL");
-        } catch { /* already gone */ }
-      }
+      for (const pid of pids) killProcess(pid);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     throw new Error(`processes remain in ${this.path} after SIGKILL`);
@@ -191,20 +216,7 @@ export class CgroupTree {
     const group = new GrainCgroup(this.version, `${this.path}/${grainName}`);
     await group.remove();
     makeKernelDirectory(group.path);
-    const limit = String(Math.floor(limitBytes));
-    if (this.version === 1) {
-      writeKernelFile(`${group.path}/memory.limit_in_bytes`, limit);
-      // With swap accounting on, also cap memory+swap so that swapping out
-      // does not let a grain pass its limit.
-      if (kernelFileExists(`${group.path}/memory.memsw.limit_in_bytes`)) {
-        writeKernelFile(`${group.path}/memory.memsw.limit_in_bytes`, limit);
-      }
-    } else {
-      writeKernelFile(`${group.path}/memory.max`, limit);
-      if (kernelFileExists(`${group.path}/memory.swap.max`)) {
-        writeKernelFile(`${group.path}/memory.swap.max`, "0");
-      }
-    }
+    group.setLimit(limitBytes);
     return group;
   }
 

@@ -23,7 +23,12 @@ import {
   startSandbox,
 } from "./sandbox.ts";
 import { grainFilterBytes } from "./seccomp.ts";
-import { removeKernelDirectory } from "./kernel_files.ts";
+import {
+  bindMount,
+  detachMount,
+  makeShared,
+  removeKernelDirectory,
+} from "./kernel_files.ts";
 import { GrainSupervisor } from "./supervisor.ts";
 
 /** Where and how a worker keeps its grains. */
@@ -39,6 +44,9 @@ export interface GrainManagerOptions {
   tmpBytes: number;
   /** How long a grain may take to connect its fd 3. */
   connectTimeoutMs?: number;
+  /** Warm sandboxes kept ready per package and command once a grain of
+   * that package started (see GrainManager.warm); 0 keeps none. */
+  warmPerPackage?: number;
   spkLimits?: SpkLimits;
 }
 
@@ -77,6 +85,19 @@ interface Running {
   cgroup: GrainCgroup;
   hostUid: number;
   stopping: boolean;
+  /** For a grain started in a warm sandbox: the slot its volume is bound
+   * on, unmounted when the grain ends. */
+  slotDir?: string;
+}
+
+/** A sandbox made ahead of time for one package and command, its app held
+ * back until a grain claims it (see GrainManager.warm). */
+interface WarmSandbox {
+  process: SandboxProcess;
+  supervisor: GrainSupervisor;
+  cgroup: GrainCgroup;
+  hostUid: number;
+  slotDir: string;
 }
 
 interface GrainRecord {
@@ -100,6 +121,10 @@ export class GrainError extends Error {
 
 const GRAIN_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
+function warmKey(packageId: string, isNew: boolean): string {
+  return `${packageId}:${isNew ? "new" : "continue"}`;
+}
+
 /** Runs the grains of one worker. */
 export class GrainManager {
   readonly options: GrainManagerOptions;
@@ -110,6 +135,9 @@ export class GrainManager {
   #grains = new Map<string, GrainRecord>();
   #packages = new Map<string, InstalledPackage>();
   #freeUids: number[];
+  #warm = new Map<string, WarmSandbox[]>();
+  #refilling = new Map<string, Promise<void>>();
+  #closing = false;
 
   private constructor(
     options: GrainManagerOptions,
@@ -138,7 +166,7 @@ export class GrainManager {
         `grain uid range ${options.uidFirst}+${options.uidCount} must start at 1000 or above`,
       );
     }
-    for (const sub of ["packages", "grains"]) {
+    for (const sub of ["packages", "grains", "slots"]) {
       await Deno.mkdir(`${options.stateDir}/${sub}`, { recursive: true });
     }
     // Grains may pass through grains/ to their own volume, nothing more.
@@ -235,6 +263,7 @@ export class GrainManager {
     const command = options.isNew
       ? pkg.manifest.actions[0]?.command ?? pkg.manifest.continueCommand
       : pkg.manifest.continueCommand;
+    if (this.#freeUids.length === 0) await this.#evictWarm();
     const hostUid = this.#freeUids.pop();
     if (hostUid === undefined) {
       throw new GrainError("no free grain uid: the worker is full");
@@ -251,6 +280,13 @@ export class GrainManager {
       memoryLimitBytes,
       startedAtMs: Date.now(),
     };
+
+    const warm = this.#warm.get(warmKey(packageId, options.isNew))?.shift();
+    this.#refill(packageId, options.isNew);
+    if (warm) {
+      this.#freeUids.push(hostUid);
+      return await this.#claim(warm, record);
+    }
 
     let cgroup: GrainCgroup | undefined;
     let process: SandboxProcess | undefined;
@@ -310,6 +346,166 @@ export class GrainManager {
     }
   }
 
+  /**
+   * Makes `count` sandboxes for a package ahead of time, each with its
+   * uid, cgroup, namespaces, mounts and fd 3 ready and its app held back.
+   * A later start of a grain of that package (new or restored, as given)
+   * binds the grain's volume into one (mount propagation through the
+   * sandbox's /var slot) and lets the app run, which skips building the
+   * sandbox on the start's path.
+   */
+  async warm(
+    packageId: string,
+    options: { isNew: boolean; count: number },
+  ): Promise<void> {
+    const pkg = this.#packages.get(packageId);
+    if (!pkg) throw new GrainError(`package ${packageId} is not installed`);
+    const command = options.isNew
+      ? pkg.manifest.actions[0]?.command ?? pkg.manifest.continueCommand
+      : pkg.manifest.continueCommand;
+    const key = warmKey(packageId, options.isNew);
+    for (let i = 0; i < options.count; i++) {
+      const hostUid = this.#freeUids.pop();
+      if (hostUid === undefined) {
+        throw new GrainError("no free grain uid: the worker is full");
+      }
+      const name = `warm-${crypto.randomUUID().slice(0, 8)}`;
+      const slotDir = `${this.options.stateDir}/slots/${name}`;
+      let cgroup: GrainCgroup | undefined;
+      let process: SandboxProcess | undefined;
+      let mounted = false;
+      try {
+        await Deno.mkdir(slotDir, { recursive: true });
+        await prepareVolume(slotDir, hostUid);
+        // A shared mount of its own, so that the volume bound on it later
+        // propagates into the sandbox's copy.
+        bindMount(slotDir, slotDir);
+        mounted = true;
+        makeShared(slotDir);
+        cgroup = await this.#cgroups.create(
+          name,
+          this.options.defaultMemoryBytes,
+        );
+        const started = await startSandbox({
+          packageDir: pkg.dir,
+          volumeDir: slotDir,
+          hostUid,
+          command,
+          tmpBytes: this.options.tmpBytes,
+          cgroup,
+          seccompFile: this.#seccompFile,
+          holdUntilReleased: true,
+        }, this.#hub);
+        process = started.process;
+        const supervisor = GrainSupervisor.attach(await started.connection);
+        const sandbox = { process, supervisor, cgroup, hostUid, slotDir };
+        const list = this.#warm.get(key) ?? [];
+        list.push(sandbox);
+        this.#warm.set(key, list);
+        // A warm sandbox that dies is dropped from the pool.
+        process.exited.then(async () => {
+          const pool = this.#warm.get(key) ?? [];
+          const at = pool.indexOf(sandbox);
+          if (at < 0) return;
+          pool.splice(at, 1);
+          await this.#dispose(sandbox);
+        });
+      } catch (error) {
+        await process?.kill();
+        await cgroup?.remove().catch(() => {});
+        if (mounted) detachMount(slotDir);
+        await Deno.remove(slotDir, { recursive: true }).catch(() => {});
+        this.#freeUids.push(hostUid);
+        throw error;
+      }
+    }
+  }
+
+  /** Gives up one warm sandbox (any package's) so that its uid serves a
+   * grain instead. */
+  async #evictWarm(): Promise<void> {
+    for (const pool of this.#warm.values()) {
+      const sandbox = pool.pop();
+      if (sandbox) {
+        await this.#dispose(sandbox);
+        return;
+      }
+    }
+  }
+
+  /** Tops the package's pool up to warmPerPackage in the background. */
+  #refill(packageId: string, isNew: boolean): void {
+    const target = this.options.warmPerPackage ?? 0;
+    const key = warmKey(packageId, isNew);
+    if (target === 0 || this.#closing || this.#refilling.has(key)) return;
+    const missing = target - (this.#warm.get(key)?.length ?? 0);
+    if (missing <= 0 || this.#freeUids.length <= missing) return;
+    const work = this.warm(packageId, { isNew, count: missing })
+      .catch((error) => this.#log.warn("warm-failed", { packageId, error }))
+      .finally(() => this.#refilling.delete(key));
+    this.#refilling.set(key, work);
+  }
+
+  /** Resolves when no pool is being topped up. */
+  async settled(): Promise<void> {
+    while (this.#refilling.size > 0) {
+      await Promise.all(this.#refilling.values());
+    }
+  }
+
+  /** How many warm sandboxes wait for grains of a package. */
+  warmCount(packageId: string, isNew: boolean): number {
+    return this.#warm.get(warmKey(packageId, isNew))?.length ?? 0;
+  }
+
+  async #claim(
+    warm: WarmSandbox,
+    record: GrainRecord,
+  ): Promise<GrainSupervisor> {
+    try {
+      await Deno.mkdir(dirname(record.volumeDir), {
+        recursive: true,
+        mode: 0o711,
+      });
+      await prepareVolume(record.volumeDir, warm.hostUid);
+      bindMount(record.volumeDir, warm.slotDir);
+      warm.cgroup.setLimit(record.memoryLimitBytes);
+      await warm.process.release();
+    } catch (error) {
+      await this.#dispose(warm);
+      throw error;
+    }
+    const running: Running = { ...warm, stopping: false };
+    record.running = running;
+    this.#grains.set(record.grainId, record);
+    this.#watch(record, running);
+    this.#log.info("grain-started", {
+      grainId: record.grainId,
+      packageId: record.packageId,
+      hostUid: warm.hostUid,
+      warm: true,
+    });
+    return warm.supervisor;
+  }
+
+  /** Ends a warm sandbox (or a grain that ran in one) and frees its slot. */
+  async #dispose(
+    sandbox: Pick<
+      WarmSandbox,
+      "process" | "supervisor" | "cgroup" | "hostUid" | "slotDir"
+    >,
+  ): Promise<void> {
+    sandbox.supervisor.close();
+    await sandbox.process.kill();
+    await sandbox.cgroup.remove().catch((error) =>
+      this.#log.error("cgroup-remove-failed", { error })
+    );
+    // The volume's bind, then the slot's own.
+    while (detachMount(sandbox.slotDir)) { /* until nothing is mounted */ }
+    await Deno.remove(sandbox.slotDir, { recursive: true }).catch(() => {});
+    this.#freeUids.push(sandbox.hostUid);
+  }
+
   /** Marks a grain that ended on its own, and frees what it held. */
   #watch(record: GrainRecord, running: Running): void {
     running.process.exited.then(async (exit) => {
@@ -334,12 +530,16 @@ export class GrainManager {
   }
 
   async #release(record: GrainRecord, running: Running): Promise<void> {
-    running.supervisor.close();
-    await running.process.kill();
-    await running.cgroup.remove().catch((error) =>
-      this.#log.error("cgroup-remove-failed", { error })
-    );
-    this.#freeUids.push(running.hostUid);
+    if (running.slotDir !== undefined) {
+      await this.#dispose({ ...running, slotDir: running.slotDir });
+    } else {
+      running.supervisor.close();
+      await running.process.kill();
+      await running.cgroup.remove().catch((error) =>
+        this.#log.error("cgroup-remove-failed", { error })
+      );
+      this.#freeUids.push(running.hostUid);
+    }
     if (record.running === running) record.running = undefined;
   }
 
@@ -434,8 +634,13 @@ export class GrainManager {
 
   /** Stops every grain and closes the fd-3 hub. */
   async close(): Promise<void> {
+    this.#closing = true;
+    await this.settled();
     for (const [grainId, record] of this.#grains) {
       if (record.running) await this.stop(grainId).catch(() => {});
+    }
+    for (const pool of this.#warm.values()) {
+      for (const sandbox of pool.splice(0)) await this.#dispose(sandbox);
     }
     this.#hub.close();
     try {

@@ -15,6 +15,12 @@ const symbols = {
   mkdir: { parameters: ["buffer", "u32"], result: "i32" },
   rmdir: { parameters: ["buffer"], result: "i32" },
   access: { parameters: ["buffer", "i32"], result: "i32" },
+  mount: {
+    parameters: ["buffer", "buffer", "buffer", "u64", "buffer"],
+    result: "i32",
+  },
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  kill: { parameters: ["i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** libc by absolute path: with a scoped --allow-ffi, Deno resolves a bare
@@ -97,4 +103,38 @@ export function makeKernelDirectory(path: string): void {
 export function removeKernelDirectory(path: string): void {
   if (c().rmdir(cString(path)) === 0 || !kernelFileExists(path)) return;
   throw new KernelFileError(false, "rmdir", path);
+}
+
+const MS_BIND = 4096n;
+const MS_SHARED = 1n << 20n;
+const MNT_DETACH = 2;
+
+/** Bind-mounts `source` on `target` (both directories). */
+export function bindMount(source: string, target: string): void {
+  const none = cString("none");
+  if (
+    c().mount(cString(source), cString(target), none, MS_BIND, null) !== 0
+  ) {
+    throw new KernelFileError(false, `bind mount of ${source} on`, target);
+  }
+}
+
+/** Makes the mount at `target` shared, so that mounts made on it later
+ * also appear in its bind-mounted copies (a sandbox's /var). */
+export function makeShared(target: string): void {
+  const none = cString("none");
+  if (c().mount(none, cString(target), none, MS_SHARED, null) !== 0) {
+    throw new KernelFileError(false, "making shared", target);
+  }
+}
+
+/** Detaches the mount at `target`; false when nothing was mounted. */
+export function detachMount(target: string): boolean {
+  return c().umount2(cString(target), MNT_DETACH) === 0;
+}
+
+/** SIGKILL to a pid. Deno.kill needs an unscoped --allow-run, which the
+ * worker does not have; its processes' pids come from its own cgroups. */
+export function killProcess(pid: number): boolean {
+  return c().kill(pid, 9) === 0;
 }

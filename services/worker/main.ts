@@ -49,6 +49,9 @@ export const workerConfig = z.strictObject({
   ),
   defaultMemoryBytes: z.number().int().positive().default(256 << 20),
   tmpBytes: z.number().int().positive().default(16 << 20),
+  /** Sandboxes kept ready per package (and command) once one of its
+   * grains started, so that the next start skips building one. */
+  warmPerPackage: z.number().int().min(0).max(16).default(1),
   /** Coordinators to send heartbeats to, and this worker's ID there. */
   coordinators: z.array(address).default([]),
   workerId: z.string().default(""),
@@ -120,6 +123,7 @@ if (import.meta.main) {
         cgroupName: config.cgroupName,
         defaultMemoryBytes: config.defaultMemoryBytes,
         tmpBytes: config.tmpBytes,
+        warmPerPackage: config.warmPerPackage,
       }, log);
       const cap = workerCapability(manager, log);
       const listener = listenWorker(cap, config.listen, log);

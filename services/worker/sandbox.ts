@@ -40,6 +40,9 @@ export interface SandboxSpec {
   cgroup: GrainCgroup;
   /** A file holding the seccomp filter (seccomp.ts). */
   seccompFile: string;
+  /** Set up everything but hold the app back until `release()` (a warm
+   * sandbox: bubblewrap waits on its stdin, `--block-fd 0`). */
+  holdUntilReleased?: boolean;
 }
 
 /** How a grain's process ended. */
@@ -59,6 +62,8 @@ export interface SandboxProcess {
   output(): string[];
   /** Kills every process of the grain and waits for the exit. */
   kill(): Promise<GrainExit>;
+  /** Lets a held sandbox run its app (see SandboxSpec.holdUntilReleased). */
+  release(): Promise<void>;
 }
 
 // Runs as root: move the inherited API socket to fd 3, join the cgroup,
@@ -87,6 +92,7 @@ export async function bwrapArguments(spec: SandboxSpec): Promise<string[]> {
     "--hostname",
     "sandbox",
   ];
+  if (spec.holdUntilReleased) args.push("--block-fd", "0");
   const entries = [];
   for await (const entry of Deno.readDir(spec.packageDir)) {
     entries.push(entry);
@@ -220,7 +226,7 @@ export async function startSandbox(
         BR_SECCOMP: spec.seccompFile,
         PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
       },
-      stdin: "null",
+      stdin: spec.holdUntilReleased ? "piped" : "null",
       stdout: "piped",
       stderr: "piped",
     }).spawn()
@@ -251,6 +257,12 @@ export async function startSandbox(
       } catch { /* already exited */ }
       await spec.cgroup.killAll();
       return await exited;
+    },
+    async release() {
+      if (!spec.holdUntilReleased) return;
+      const writer = child.stdin.getWriter();
+      await writer.write(new Uint8Array([1]));
+      await writer.close();
     },
   };
   return { process, connection, token };

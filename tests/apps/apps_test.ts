@@ -233,6 +233,58 @@ Deno.test("the HTTP app behind the bridge answers every method, streams, and kee
   });
 });
 
+Deno.test("a grain started in a warm sandbox gets its own volume and keeps its data", async () => {
+  await withManager("warm", async (manager, stateDir) => {
+    const pkg = await manager.installPackage(
+      await Deno.readFile(apps.notesSpk),
+    );
+    await manager.warm(pkg.packageId, { isNew: true, count: 2 });
+    assert.equal(manager.warmCount(pkg.packageId, true), 2);
+
+    const first = await manager.start({
+      grainId: "warm-a",
+      packageId: pkg.packageId,
+      isNew: true,
+    });
+    const second = await manager.start({
+      grainId: "warm-b",
+      packageId: pkg.packageId,
+      isNew: true,
+    });
+    assert.equal(manager.warmCount(pkg.packageId, true), 0);
+    const a = await first.newWebSession({ displayName: "Ann" });
+    const b = await second.newWebSession({ displayName: "Bob" });
+    await call(first, a, "PUT", "/notes/mine", "Ann's");
+    await call(second, b, "PUT", "/notes/mine", "Bob's");
+    assert.equal((await call(first, a, "GET", "/notes/mine")).text, "Ann's");
+    assert.equal((await call(second, b, "GET", "/notes/mine")).text, "Bob's");
+    assert.equal(
+      await Deno.readTextFile(
+        `${stateDir}/grains/warm-a/volume/notes/mine`,
+      ),
+      "Ann's",
+    );
+
+    // Restored without a warm sandbox, the data is there; the slots are
+    // unmounted and gone.
+    await manager.stop("warm-a");
+    await manager.stop("warm-b");
+    const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+    assert.ok(!mounts.includes(`${stateDir}/slots`));
+    assert.deepEqual([...Deno.readDirSync(`${stateDir}/slots`)], []);
+    const again = await manager.start({
+      grainId: "warm-a",
+      packageId: pkg.packageId,
+      isNew: false,
+    });
+    const session = await again.newWebSession({ displayName: "Ann" });
+    assert.equal(
+      (await call(again, session, "GET", "/notes/mine")).text,
+      "Ann's",
+    );
+  });
+});
+
 Deno.test("a grain past its memory limit is killed and reported; the worker keeps serving others", async () => {
   await withManager("memory", async (manager) => {
     const files = await manager.installPackage(
