@@ -359,7 +359,8 @@ export class RpcConnection {
       descriptor.senderPromise = id;
       // One Resolve per exported promise, however often it is sent.
       if (!known) {
-        pending.then((resolution) => this.#resolveExport(id, cap, resolution));
+        pending.then((resolution) => this.#resolveExport(id, cap, resolution))
+          .catch((error) => this.#failed(error));
       }
     } else {
       descriptor.senderHosted = id;
@@ -729,7 +730,16 @@ export class RpcConnection {
       for (const cap of caps) cap.close();
       this.#sendReturn(questionId, entry);
     };
-    answer.results().then(done, done);
+    answer.results().then(done, done).catch((error) => this.#failed(error));
+  }
+
+  /** An engine bug met on a callback path: end this connection, never
+   * the process. */
+  #failed(error: unknown): void {
+    this.metrics.internalErrors++;
+    this.abort(
+      new RpcError("failed", `internal error: ${error}`, { cause: error }),
+    );
   }
 
   #readTarget(target: rpc.MessageTarget): Cap {
@@ -981,7 +991,6 @@ export class RpcConnection {
       build(undefined, answer.error);
       return;
     }
-    // Results of a call that already settled: read them without waiting.
     answer.results().then(
       (results) => {
         if (this.#error === undefined) build(results);
@@ -989,7 +998,7 @@ export class RpcConnection {
       (error) => {
         if (this.#error === undefined) build(undefined, toRpcError(error));
       },
-    );
+    ).catch((error) => this.#failed(error));
   }
 
   #handleResolve(resolve: rpc.Resolve): void {

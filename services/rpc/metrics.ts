@@ -29,6 +29,8 @@ export class RpcMetrics {
   resolvesReceived = 0;
   importsReleased = 0;
   exportsReleased = 0;
+  /** Engine errors caught on a callback path (each ended a connection). */
+  internalErrors = 0;
   /** SturdyRefs refused by a restorer (wrong zone, forged, unknown). */
   restoresRefused = 0;
 
