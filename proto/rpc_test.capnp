@@ -36,4 +36,13 @@ interface TestHost {
   bounce @9 (counter :Counter) -> (counter :Counter);
   # Returns the caller's own capability: pipelined calls on the result
   # loop through the host until the caller learns it is local (embargo).
+
+  promisedCounter @10 (start :Int32) -> (counter :Counter);
+  # A counter returned as a promise, resolved by the next settle().
+
+  promisedBounce @11 (counter :Counter) -> (counter :Counter);
+  # The caller's own capability returned as a promise, resolved by the
+  # next settle(): calls made through it meanwhile loop through the host.
+
+  settle @12 () -> ();
 }

@@ -300,6 +300,7 @@ interface QueuedCall {
 export class PromiseCap extends Cap {
   #queue: QueuedCall[] = [];
   #target: Cap | undefined;
+  #owned = false;
   readonly #settled: Promise<Cap>;
   #settle!: (cap: Cap) => void;
 
@@ -317,10 +318,20 @@ export class PromiseCap extends Cap {
     return answer;
   }
 
-  /** Settles the promise; queued calls go to `target` in order, now. */
-  resolve(target: Cap): void {
-    if (this.#target !== undefined) return;
+  /**
+   * Settles the promise; queued calls go to `target` in order, now. The
+   * promise takes over the caller's reference to `target` and drops it
+   * when its own last reference goes, unless `borrowed` is set (the
+   * target then belongs to someone else, e.g. to an answer's results).
+   */
+  resolve(target: Cap, options?: { borrowed?: boolean }): void {
+    if (this.#target !== undefined) {
+      if (options?.borrowed !== true) target.close();
+      return;
+    }
     this.#target = target;
+    this.#owned = options?.borrowed !== true;
+    if (this.refCount === 0 && this.#owned) target.close();
     const queue = this.#queue;
     this.#queue = [];
     for (const { call, answer } of queue) answer.forward(target.send(call));
@@ -338,6 +349,10 @@ export class PromiseCap extends Cap {
 
   whenResolved(): Promise<Cap> | undefined {
     return this.#target === undefined ? this.#settled : undefined;
+  }
+
+  protected dispose(): void {
+    if (this.#owned) this.#target?.close();
   }
 }
 
@@ -391,7 +406,7 @@ export class PromisedAnswer extends Ans {
     if (this.settled) return;
     this.#root = root;
     for (const [key, cap] of this.#pipelines) {
-      cap.resolve(capabilityAt(root, parseKey(key)));
+      cap.resolve(capabilityAt(root, parseKey(key)), { borrowed: true });
     }
     this.#pipelines.clear();
     this.#resolve(root);
@@ -411,7 +426,7 @@ export class PromisedAnswer extends Ans {
     if (this.settled) return;
     this.#inner = inner;
     for (const [key, cap] of this.#pipelines) {
-      cap.resolve(inner.pipelineCap(parseKey(key)));
+      cap.resolve(inner.pipelineCap(parseKey(key)), { borrowed: true });
     }
     this.#pipelines.clear();
     inner.results().then(this.#resolve, this.#reject);

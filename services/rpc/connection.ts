@@ -482,7 +482,7 @@ export class RpcConnection {
     const waiting = new PromiseCap();
     this.#embargoes.set(id, {
       lift: () => {
-        waiting.resolve(resolution);
+        waiting.resolve(resolution, { borrowed: true });
         onLifted();
       },
       fail: (error) => {

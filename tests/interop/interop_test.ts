@@ -118,6 +118,49 @@ Deno.test("Deno client calls the C++ server over TCP", async () => {
     assert.deepEqual(values.map((v) => v.value), values.map((_, i) => i + 1));
     rpc.release(own);
 
+    // A counter returned as a promise (Resolve from C++), called before
+    // and after it resolves.
+    const promised = (await host.promisedCounter((p) => p.start = 10)
+      .promise()).counter;
+    const before = [1, 2].map(() =>
+      promised.increment((p) => p.by = 1).promise()
+    );
+    await host.settle().promise();
+    const after = [3, 4].map(() =>
+      promised.increment((p) => p.by = 1).promise()
+    );
+    assert.deepEqual(
+      (await Promise.all([...before, ...after])).map((r) => r.value),
+      [11, 12, 13, 14],
+    );
+    rpc.release(promised);
+    assert.equal(await live(host), 0);
+
+    // Our own capability returned as a promise: C++ resolves it to us and
+    // this side embargoes new calls until the looping ones are back.
+    const ownAgain = new Counter.Client(serveCounter(0));
+    const promisedBounce = (await host.promisedBounce((p) =>
+      p.counter = ownAgain
+    ).promise()).counter;
+    const order: Promise<number>[] = [];
+    const increment = () =>
+      order.push(
+        promisedBounce.increment((p) => p.by = 1).promise().then((r) =>
+          r.value
+        ),
+      );
+    for (let i = 0; i < 5; i++) increment();
+    const settled = host.settle().promise();
+    for (let i = 0; i < 10; i++) increment();
+    await settled;
+    for (let i = 0; i < 10; i++) increment();
+    assert.deepEqual(
+      await Promise.all(order),
+      Array.from({ length: 25 }, (_, i) => i + 1),
+    );
+    rpc.release(promisedBounce);
+    rpc.release(ownAgain);
+
     for (
       const kind of [
         "failed",

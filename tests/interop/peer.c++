@@ -109,8 +109,36 @@ class TestHostImpl final : public TestHost::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> promisedCounter(PromisedCounterContext context) override {
+    auto paf = kj::newPromiseAndFulfiller<Counter::Client>();
+    int start = context.getParams().getStart();
+    unsettled.add([start, fulfiller = kj::mv(paf.fulfiller)]() mutable {
+      fulfiller->fulfill(kj::heap<CounterImpl>(start));
+    });
+    context.getResults().setCounter(kj::mv(paf.promise));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> promisedBounce(PromisedBounceContext context) override {
+    auto paf = kj::newPromiseAndFulfiller<Counter::Client>();
+    Counter::Client target = context.getParams().getCounter();
+    unsettled.add([target = kj::mv(target), fulfiller = kj::mv(paf.fulfiller)]() mutable {
+      fulfiller->fulfill(kj::mv(target));
+    });
+    context.getResults().setCounter(kj::mv(paf.promise));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> settle(SettleContext context) override {
+    auto settling = kj::mv(unsettled);
+    unsettled = {};
+    for (auto& settleOne : settling) settleOne();
+    return kj::READY_NOW;
+  }
+
  private:
   kj::Vector<Counter::Client> held;
+  kj::Vector<kj::Function<void()>> unsettled;
 };
 
 int serve(const char* address) {
@@ -202,6 +230,55 @@ void checks(TestHost::Client& host, kj::WaitScope& waitScope) {
       KJ_ASSERT(value == i + 1, value, i);
     }
   }
+
+  // A counter returned as a promise: calls queue until it resolves, and
+  // keep their order across the Resolve.
+  {
+    auto made = host.promisedCounterRequest();
+    made.setStart(10);
+    Counter::Client counter = made.send().wait(waitScope).getCounter();
+    kj::Vector<kj::Promise<int>> values;
+    auto increment = [&]() {
+      auto request = counter.incrementRequest();
+      request.setBy(1);
+      values.add(request.send().then([](auto r) { return r.getValue(); }));
+    };
+    increment();
+    increment();
+    host.settleRequest().send().wait(waitScope);
+    increment();
+    increment();
+    for (int i = 0; i < 4; i++) {
+      int value = values[i].wait(waitScope);
+      KJ_ASSERT(value == 11 + i, value, i);
+    }
+  }
+  KJ_ASSERT(remoteLive(host, waitScope) == 0, remoteLive(host, waitScope));
+
+  // Our own capability returned as a promise: once the Resolve says it is
+  // local, new calls wait for the ones looping through the host.
+  {
+    Counter::Client mine = kj::heap<CounterImpl>(0);
+    auto bounce = host.promisedBounceRequest();
+    bounce.setCounter(mine);
+    Counter::Client bounced = bounce.send().wait(waitScope).getCounter();
+    kj::Vector<kj::Promise<int>> values;
+    auto increment = [&]() {
+      auto request = bounced.incrementRequest();
+      request.setBy(1);
+      values.add(request.send().then([](auto r) { return r.getValue(); }));
+    };
+    for (int i = 0; i < 5; i++) increment();
+    auto settled = host.settleRequest().send();
+    for (int i = 0; i < 10; i++) increment();
+    settled.wait(waitScope);
+    for (int i = 0; i < 10; i++) increment();
+    for (int i = 0; i < 25; i++) {
+      int value = values[i].wait(waitScope);
+      KJ_ASSERT(value == i + 1, value, i);
+    }
+  }
+  KJ_ASSERT(settles(host, waitScope, 0), "promised bounce released", liveCounters);
 
   // Exceptions keep their type.
   for (auto kind : {"failed", "overloaded", "disconnected", "unimplemented"}) {

@@ -7,7 +7,14 @@
 
 import { Counter, TestHost } from "../../../proto/gen/rpc_test.ts";
 import { RpcError, type RpcErrorType } from "../errors.ts";
-import { type Cap, retain, serve, type ServerOf } from "../mod.ts";
+import {
+  type Cap,
+  capOf,
+  PromiseCap,
+  retain,
+  serve,
+  type ServerOf,
+} from "../mod.ts";
 
 /** A served TestHost and what tests observe of it. */
 export interface TestHostState {
@@ -33,6 +40,7 @@ export function serveCounter(start: number, onClose?: () => void): Cap {
 export function serveTestHost(): TestHostState {
   let live = 0;
   const held: InstanceType<typeof Counter.Client>[] = [];
+  const unsettled: (() => void)[] = [];
   const state = {} as TestHostState;
   const target: ServerOf<typeof TestHost> = {
     add(params, results) {
@@ -65,6 +73,24 @@ export function serveTestHost(): TestHostState {
     },
     echo(params, results) {
       results.data = params.data;
+    },
+    promisedCounter(params, results) {
+      const promise = new PromiseCap();
+      const start = params.start;
+      unsettled.push(() => {
+        live++;
+        promise.resolve(serveCounter(start, () => live--));
+      });
+      results.counter = new Counter.Client(promise);
+    },
+    promisedBounce(params, results) {
+      const promise = new PromiseCap();
+      const target = retain(params.counter);
+      unsettled.push(() => promise.resolve(capOf(target)));
+      results.counter = new Counter.Client(promise);
+    },
+    settle() {
+      for (const settle of unsettled.splice(0)) settle();
     },
     bounce(params, results) {
       results.counter = retain(params.counter);
