@@ -361,3 +361,50 @@ Deno.test("fuzz: valid frames with corrupted bodies never crash the engine", asy
     { numRuns: FUZZ_RUNS, seed: FUZZ_SEED },
   );
 });
+
+Deno.test("an Abort from the peer ends the connection with its type", async () => {
+  const peer = rawPeer();
+  try {
+    peer.send((m) => {
+      const abort = m._initAbort();
+      abort.reason = "shutting down";
+      abort.type = wire.Exception_Type.DISCONNECTED;
+    });
+    const reason = await peer.engine.closed;
+    assert.equal(reason.type, "disconnected");
+    assert.ok(reason.remote);
+    assert.match(reason.message, /shutting down/);
+    assert.equal(peer.metrics.abortsReceived, 1);
+  } finally {
+    peer.close();
+  }
+});
+
+Deno.test("a call the peer echoes as unimplemented fails as unimplemented", async () => {
+  const state = serveTestHost();
+  const [raw, b] = rpc.memoryPipe();
+  const engine = new rpc.RpcConnection(b, { bootstrap: state.cap });
+  try {
+    const host = rpc.bootstrap(engine, TestHost);
+    const pending = host.add().promise();
+    // The raw peer reads the Bootstrap and the pipelined Call and echoes
+    // both back as unimplemented, as a level 0 vat would.
+    for (let i = 0; i < 2; i++) {
+      const bytes = await raw.receive();
+      const echo = new $.Message();
+      echo.initRoot(wire.Message).unimplemented = new $.Message(bytes!, false)
+        .getRoot(wire.Message);
+      raw.send(new Uint8Array(echo.toArrayBuffer()));
+    }
+    await assert.rejects(
+      pending,
+      (error) =>
+        error instanceof rpc.RpcError && error.type === "unimplemented",
+    );
+    assert.equal(engine.error, undefined, "the connection lives on");
+  } finally {
+    raw.close();
+    engine.close();
+    state.cap.close();
+  }
+});
