@@ -24,6 +24,12 @@
  *   {@link RpcMetrics} to count into.
  * - {@link bootstrap}`(connection, Foo)` is the peer's bootstrap as a
  *   typed client, usable at once (calls pipeline until it arrives).
+ * - {@link PromiseCap} is a capability to hand out before its object
+ *   exists: calls queue (in order) until `resolve(cap)`; a peer holding it
+ *   gets Resolve, and Disembargo keeps call order when it turns out to
+ *   point back at the peer.
+ * - A connection's `closed` resolves with the reason it ended; `stats`
+ *   counts its table entries; `abort(error)` sends Abort and closes.
  * - Errors are {@link RpcError}; `type` is `failed`, `overloaded`,
  *   `disconnected` or `unimplemented`, `remote` says whether the peer
  *   raised it. A server throws RpcError to choose the type; anything else
