@@ -19,8 +19,15 @@ import {
   openPiece,
   sealPiece,
 } from "./object_crypto.ts";
-import { ObjectNotFoundError, WrongKindError } from "./errors.ts";
+import {
+  ObjectNotFoundError,
+  QuotaExceededError,
+  WrongKindError,
+} from "./errors.ts";
 import type { StoreContext } from "./context.ts";
+
+/** Chunks' worth of quota an upload reserves at once when it fits. */
+const RESERVE_CHUNKS = 4;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -77,6 +84,34 @@ export async function uploadBlob(
   const chunkBytes = context.blobChunkBytes;
   await ownership.addChild(parentId, id, "blob");
 
+  const rootId = await ownership.rootOf(id);
+
+  // Quota is reserved on the root before each chunk is written, several
+  // chunks' worth at a time while that fits and exactly chunk by chunk when
+  // it does not, so an upload stops exactly at the quota without one
+  // root update per chunk.
+  let reservedBytes = 0;
+  let creditBytes = 0;
+  const reserveFor = async (bytes: number) => {
+    if (creditBytes < bytes) {
+      const missing = bytes - creditBytes;
+      const ahead = Math.max(missing, chunkBytes * RESERVE_CHUNKS);
+      try {
+        await ownership.reserve(rootId, ahead);
+        creditBytes += ahead;
+        reservedBytes += ahead;
+      } catch (error) {
+        if (!(error instanceof QuotaExceededError) || ahead === missing) {
+          throw error;
+        }
+        await ownership.reserve(rootId, missing);
+        creditBytes += missing;
+        reservedBytes += missing;
+      }
+    }
+    creditBytes -= bytes;
+  };
+
   let sizeBytes = 0;
   let index = 0;
   const inFlight = new Set<Promise<void>>();
@@ -85,21 +120,21 @@ export async function uploadBlob(
     for await (const chunk of rechunk(source, chunkBytes)) {
       if (failure !== undefined) break;
       const chunkIndex = index++;
+      await reserveFor(chunk.length);
       sizeBytes += chunk.length;
-      // Each chunk pays for itself before it is written, so an upload
-      // stops at the quota and never past it.
-      const write = ownership.charge(id, chunk.length, async () => {
-        const piece = `c/${chunkIndex}`;
-        const sealed = sealPiece(
-          contentKey,
-          { objectId: id, piece },
-          chunk,
-          context.sealMode,
-        );
-        await disk.put(`${id}/${piece}`, sealed);
-      }).catch((error) => {
-        failure ??= error;
-      });
+      const piece = `c/${chunkIndex}`;
+      const sealed = sealPiece(
+        contentKey,
+        { objectId: id, piece },
+        chunk,
+        context.sealMode,
+      );
+      const write = disk.put(`${id}/${piece}`, sealed).then(
+        () => {},
+        (error) => {
+          failure ??= error;
+        },
+      );
       const tracked = write.finally(() => inFlight.delete(tracked));
       inFlight.add(tracked);
       if (inFlight.size >= context.concurrency) await Promise.race(inFlight);
@@ -120,8 +155,11 @@ export async function uploadBlob(
   } catch (error) {
     await Promise.allSettled(inFlight);
     await ownership.remove(id);
+    if (reservedBytes > 0) await ownership.reserve(rootId, -reservedBytes);
     throw error;
   }
+  if (creditBytes > 0) await ownership.reserve(rootId, -creditBytes);
+  await ownership.accountChain(id, rootId, sizeBytes, true);
   return { sizeBytes };
 }
 

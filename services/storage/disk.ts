@@ -166,7 +166,15 @@ export class LocalDisk implements Disk {
       if (error instanceof Deno.errors.NotFound) return null;
       throw new DiskError(`cannot read ${name}`, { cause: error });
     }
-    return { data, etag: contentEtag(data) };
+    // Hashing is left until a conditional write asks for the ETag: most
+    // reads (blob and volume chunks) never need it.
+    let etag: string | undefined;
+    return {
+      data,
+      get etag() {
+        return etag ??= contentEtag(data);
+      },
+    };
   }
 
   async #ensureDirectory(directory: string): Promise<void> {

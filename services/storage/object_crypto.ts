@@ -14,16 +14,16 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 import {
   NONCE_BYTES,
-  open,
-  seal,
-  SealError,
+  openBatch,
+  PacketStatus,
+  sealBatch,
   TAG_BYTES,
 } from "../../ffi/native.ts";
 
 /** Size of an object key. */
 export const OBJECT_KEY_BYTES = 32;
 
-/** The first byte of every sealed piece: the format version. */
+/** The last byte of every sealed piece: the format version. */
 const FORMAT = 1;
 
 /** Bytes a sealed piece adds to its plaintext. */
@@ -108,26 +108,40 @@ function associatedData(binding: PieceBinding): Uint8Array {
   return encoder.encode(`${binding.objectId}\0${binding.piece}`);
 }
 
-/** Seals plaintext for the piece; the result is what goes on disk. */
+/**
+ * Seals plaintext for the piece; the result is what goes on disk:
+ * `ciphertext || tag || nonce || format`. The nonce and format byte come
+ * last so that the ciphertext can be sealed in place right after the
+ * associated data, with one copy of the plaintext and none of the result.
+ */
 export function sealPiece(
   key: Uint8Array,
   binding: PieceBinding,
   plaintext: Uint8Array,
   mode: SealMode = "aead",
 ): Uint8Array {
-  const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-  const out = new Uint8Array(SEAL_OVERHEAD_BYTES + plaintext.length);
-  out[0] = FORMAT;
-  out.set(nonce, 1);
-  if (mode === "copy") {
-    out.set(plaintext, 1 + NONCE_BYTES);
-  } else {
-    out.set(
-      seal(key, nonce, plaintext, associatedData(binding)),
-      1 + NONCE_BYTES,
-    );
+  const ad = associatedData(binding);
+  const length = plaintext.length;
+  const buffer = new Uint8Array(ad.length + length + SEAL_OVERHEAD_BYTES);
+  buffer.set(ad, 0);
+  buffer.set(plaintext, ad.length);
+  const nonceOffset = ad.length + length + TAG_BYTES;
+  const nonce = buffer.subarray(nonceOffset, nonceOffset + NONCE_BYTES);
+  crypto.getRandomValues(nonce);
+  buffer[buffer.length - 1] = FORMAT;
+  if (mode === "aead") {
+    const status = new Uint8Array(1);
+    const failed = sealBatch({
+      buffer,
+      descriptors: new Uint32Array([0, ad.length, length, 0]),
+      nonces: nonce,
+      keys: key,
+      count: 1,
+      status,
+    });
+    if (failed !== 0) throw new Error(`seal failed with status ${status[0]}`);
   }
-  return out;
+  return buffer.subarray(ad.length);
 }
 
 /** Opens a piece sealed by {@link sealPiece}; throws CorruptObjectError if
@@ -138,22 +152,37 @@ export function openPiece(
   stored: Uint8Array,
   mode: SealMode = "aead",
 ): Uint8Array {
-  if (stored.length < SEAL_OVERHEAD_BYTES || stored[0] !== FORMAT) {
+  if (
+    stored.length < SEAL_OVERHEAD_BYTES ||
+    stored[stored.length - 1] !== FORMAT
+  ) {
     throw new CorruptObjectError(
       `piece ${binding.piece} of object ${binding.objectId} is truncated or ` +
         `of unknown format (${stored.length} bytes)`,
     );
   }
-  const nonce = stored.subarray(1, 1 + NONCE_BYTES);
-  const sealed = stored.subarray(1 + NONCE_BYTES);
-  if (mode === "copy") return sealed.slice(0, sealed.length - TAG_BYTES);
-  try {
-    return open(key, nonce, sealed, associatedData(binding));
-  } catch (error) {
-    if (!(error instanceof SealError)) throw error;
+  const ad = associatedData(binding);
+  const length = stored.length - SEAL_OVERHEAD_BYTES;
+  const nonceOffset = length + TAG_BYTES;
+  const nonce = stored.slice(nonceOffset, nonceOffset + NONCE_BYTES);
+  const buffer = new Uint8Array(ad.length + length + TAG_BYTES);
+  buffer.set(ad, 0);
+  buffer.set(stored.subarray(0, length + TAG_BYTES), ad.length);
+  if (mode === "copy") return buffer.subarray(ad.length, ad.length + length);
+  const status = new Uint8Array(1);
+  openBatch({
+    buffer,
+    descriptors: new Uint32Array([0, ad.length, length, 0]),
+    nonces: nonce,
+    keys: key,
+    count: 1,
+    status,
+  });
+  if (status[0] !== PacketStatus.Ok) {
     throw new CorruptObjectError(
       `piece ${binding.piece} of object ${binding.objectId} failed ` +
         "authentication: tampered, truncated or swapped",
     );
   }
+  return buffer.subarray(ad.length, ad.length + length);
 }

@@ -254,20 +254,26 @@ export class Ownership {
     const found = this.#cache.get(id) ?? await this.read(id);
     if (found === null) throw new ObjectNotFoundError(id);
     const rootId = found.record.root;
-    if (deltaBytes > 0) await this.#reserve(rootId, deltaBytes);
+    if (deltaBytes > 0) await this.reserve(rootId, deltaBytes);
     let result: T;
     try {
       result = await work();
     } catch (error) {
-      if (deltaBytes > 0) await this.#reserve(rootId, -deltaBytes);
+      if (deltaBytes > 0) await this.reserve(rootId, -deltaBytes);
       throw error;
     }
-    await this.#accountChain(id, rootId, deltaBytes, true);
-    if (deltaBytes < 0) await this.#reserve(rootId, deltaBytes);
+    await this.accountChain(id, rootId, deltaBytes, true);
+    if (deltaBytes < 0) await this.reserve(rootId, deltaBytes);
     return result;
   }
 
-  async #reserve(rootId: string, deltaBytes: number): Promise<void> {
+  /**
+   * Adds `deltaBytes` to the root's usage; growth past the quota throws
+   * QuotaExceededError and changes nothing. Callers that reserve ahead of
+   * writing (see blob.ts) must later account the bytes to the object's
+   * chain with {@link accountChain} and give back what they did not use.
+   */
+  async reserve(rootId: string, deltaBytes: number): Promise<void> {
     await this.update(rootId, (record) => {
       const quota = record.quotaBytes ?? Number.MAX_SAFE_INTEGER;
       if (deltaBytes > 0 && record.subtreeBytes + deltaBytes > quota) {
@@ -282,8 +288,9 @@ export class Ownership {
     });
   }
 
-  /** Adds delta to every record from `id` up to (not including) the root. */
-  async #accountChain(
+  /** Adds delta to every record from `id` up to (not including) the root;
+   * to `id`'s own bytes too when `own` is set. */
+  async accountChain(
     id: string,
     rootId: string,
     deltaBytes: number,
@@ -314,6 +321,13 @@ export class Ownership {
    * its bytes off its ancestors and unlists it from its parent. Safe to
    * call again after a crash part way.
    */
+  /** The root at the top of the object's owner chain. */
+  async rootOf(id: string): Promise<string> {
+    const found = this.#cache.get(id) ?? await this.read(id);
+    if (found === null) throw new ObjectNotFoundError(id);
+    return found.record.root;
+  }
+
   async remove(id: string): Promise<void> {
     const found = await this.read(id);
     if (found === null) return;
@@ -323,13 +337,13 @@ export class Ownership {
     }
     await this.#removeTree(id);
     if (record.parent !== null) {
-      await this.#accountChain(
+      await this.accountChain(
         record.parent,
         record.root,
         -record.subtreeBytes,
         false,
       );
-      await this.#reserve(record.root, -record.subtreeBytes);
+      await this.reserve(record.root, -record.subtreeBytes);
       await this.update(record.parent, (parent) => {
         parent.children = parent.children.filter((child) => child !== id);
       }).catch((error) => {

@@ -455,10 +455,6 @@ export class VolumeWriter {
    * durable when they resolve, so this is only a barrier. */
   async sync(): Promise<void> {
     while (this.#running !== null) await this.#running.catch(() => {});
-    const { head } = await this.volume.loadHead();
-    if (head.epoch !== this.epoch) {
-      throw new LeaseLostError(this.volume.id, this.epoch, head.epoch);
-    }
   }
 
   /** Reads blocks as this writer last committed them (or newer). */
@@ -734,7 +730,9 @@ export class VolumeWriter {
         this.volume.rememberPage(piece, page);
       }
       for (const [name, content] of written) this.#chunks.set(name, content);
-      await this.#deletePieces(oldPieces);
+      // Nothing names the replaced pieces any more; deleting them need not
+      // hold up the write. A crash before they go leaves garbage only.
+      void this.#deletePieces(oldPieces);
       return;
     }
   }
