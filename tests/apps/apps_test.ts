@@ -170,7 +170,7 @@ Deno.test("the raw Cap'n Proto app serves files, streams, echoes WebSockets and 
   });
 });
 
-Deno.test("the HTTP app behind the bridge answers every method, streams, and keeps data across a restart", async () => {
+Deno.test("the HTTP app behind the bridge answers every method, streams, relays a WebSocket, and keeps data across a restart", async () => {
   await withManager("notes", async (manager) => {
     const pkg = await manager.installPackage(
       await Deno.readFile(apps.notesSpk),
@@ -217,6 +217,23 @@ Deno.test("the HTTP app behind the bridge answers every method, streams, and kee
     assert.equal(bytes.length, 300 * 1024);
     assert.equal(bytes[0], 0x61);
     assert.equal(bytes[bytes.length - 1], 0x61 + (299 % 26));
+
+    // A WebSocket through the bridge: raw frames both ways.
+    const socket = await supervisor.openWebSocket(session, "/ws", ["chat"]);
+    const reader = socket.frames.getReader();
+    await socket.send(clientTextFrame("hi"));
+    let echoed = new Uint8Array();
+    while (echoed.length < 10) {
+      const { value, done } = await reader.read();
+      assert.ok(!done, "the app closed the WebSocket");
+      echoed = new Uint8Array([...echoed, ...value]);
+    }
+    assert.deepEqual(
+      echoed,
+      new Uint8Array([0x81, 8, ...new TextEncoder().encode("echo: hi")]),
+    );
+    reader.releaseLock();
+    socket.close();
 
     await manager.stop("notes-1");
     supervisor = await manager.start({

@@ -17,9 +17,12 @@
 #include <kj/compat/http.h>
 #include <kj/debug.h>
 #include <kj/encoding.h>
+#include <ctype.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,6 +125,82 @@ Response::SuccessCode successCode(uint status) {
   }
 }
 
+// One upgraded connection to the app, shared by the two directions.
+class SocketPipe final : public kj::Refcounted {
+ public:
+  explicit SocketPipe(kj::Own<kj::AsyncIoStream> stream) : stream(kj::mv(stream)) {}
+
+  // Writes one after the other: a stream takes one write at a time.
+  kj::Promise<void> write(kj::Array<kj::byte> data) {
+    auto done = writes
+                    .then([this, data = kj::mv(data)]() mutable {
+                      auto promise = stream->write(data.begin(), data.size());
+                      return promise.attach(kj::mv(data));
+                    })
+                    .fork();
+    writes = done.addBranch();
+    return done.addBranch();
+  }
+
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Promise<void> writes = kj::READY_NOW;
+};
+
+// The platform's side sends frames here; they go to the app unchanged.
+class ServerSocketStream final : public WebSession::WebSocketStream::Server {
+ public:
+  explicit ServerSocketStream(kj::Own<SocketPipe> pipe) : pipe(kj::mv(pipe)) {}
+  ~ServerSocketStream() noexcept(false) { pipe->stream->shutdownWrite(); }
+
+  kj::Promise<void> sendBytes(SendBytesContext context) override {
+    return pipe->write(kj::heapArray<kj::byte>(context.getParams().getMessage()));
+  }
+
+ private:
+  kj::Own<SocketPipe> pipe;
+};
+
+// Frames from the app go to the platform's stream until the app closes.
+kj::Promise<void> pumpToClient(kj::Own<SocketPipe> pipe,
+                               WebSession::WebSocketStream::Client client) {
+  auto buffer = kj::heapArray<kj::byte>(CHUNK_BYTES);
+  auto read = pipe->stream->tryRead(buffer.begin(), 1, buffer.size());
+  return read.then([pipe = kj::mv(pipe), client, buffer = kj::mv(buffer)](
+                       size_t n) mutable -> kj::Promise<void> {
+    if (n == 0) return kj::READY_NOW;
+    auto request = client.sendBytesRequest();
+    request.setMessage(buffer.slice(0, n));
+    return request.send().then([pipe = kj::mv(pipe), client](auto&&) mutable {
+      return pumpToClient(kj::mv(pipe), kj::mv(client));
+    });
+  });
+}
+
+// Reads the app's response head (up to the blank line); what follows it
+// is already WebSocket data.
+kj::Promise<kj::Array<char>> readHead(kj::AsyncIoStream& stream, kj::Vector<char> head) {
+  auto buffer = kj::heapArray<char>(4096);
+  auto read = stream.tryRead(buffer.begin(), 1, buffer.size());
+  return read.then([&stream, head = kj::mv(head), buffer = kj::mv(buffer)](
+                       size_t n) mutable -> kj::Promise<kj::Array<char>> {
+    KJ_REQUIRE(n > 0, "app closed the connection during the WebSocket handshake");
+    head.addAll(buffer.begin(), buffer.begin() + n);
+    KJ_REQUIRE(head.size() <= 65536, "WebSocket handshake response too large");
+    for (size_t i = 3; i < head.size(); i++) {
+      if (head[i - 3] == '\r' && head[i - 2] == '\n' && head[i - 1] == '\r' && head[i] == '\n') {
+        return head.releaseAsArray();
+      }
+    }
+    return readHead(stream, kj::mv(head));
+  });
+}
+
+kj::String lowercase(kj::ArrayPtr<const char> text) {
+  auto out = kj::heapString(text);
+  for (char& c : out) c = tolower(c);
+  return out;
+}
+
 class WebSessionImpl final : public WebSession::Server {
  public:
   WebSessionImpl(App& app, kj::String userName, kj::String userId, kj::String permissions)
@@ -162,6 +241,82 @@ class WebSessionImpl final : public WebSession::Server {
     auto params = context.getParams();
     return relay(kj::HttpMethod::DELETE, params.getPath(), params.getContext(), nullptr,
                  nullptr, context.getResults());
+  }
+
+  kj::Promise<void> openWebSocket(OpenWebSocketContext context) override {
+    auto params = context.getParams();
+    kj::byte key[16];
+    KJ_SYSCALL(getrandom(key, sizeof(key), 0));
+    kj::Vector<kj::String> lines;
+    lines.add(kj::str("GET /", params.getPath(), " HTTP/1.1"));
+    lines.add(kj::str("Host: sandbox"));
+    lines.add(kj::str("Upgrade: websocket"));
+    lines.add(kj::str("Connection: Upgrade"));
+    lines.add(kj::str("Sec-WebSocket-Version: 13"));
+    lines.add(kj::str("Sec-WebSocket-Key: ", kj::encodeBase64(key)));
+    if (params.getProtocol().size() > 0) {
+      lines.add(kj::str("Sec-WebSocket-Protocol: ", kj::strArray(params.getProtocol(), ", ")));
+    }
+    for (auto header : params.getContext().getAdditionalHeaders()) {
+      lines.add(kj::str(header.getName(), ": ", header.getValue()));
+    }
+    lines.add(kj::str("X-Sandstorm-Username: ", userName));
+    if (userId.size() > 0) lines.add(kj::str("X-Sandstorm-User-Id: ", userId));
+    lines.add(kj::str("X-Sandstorm-Permissions: ", permissions));
+    auto request = kj::str(kj::strArray(lines, "\r\n"), "\r\n\r\n");
+    auto client = params.getClientStream();
+
+    return app.whenReady()
+        .then([this]() { return app.address->connect(); })
+        .then([request = kj::mv(request)](kj::Own<kj::AsyncIoStream> stream) mutable {
+          auto& ref = *stream;
+          auto sent = ref.write(request.begin(), request.size());
+          return sent.attach(kj::mv(request)).then([stream = kj::mv(stream)]() mutable {
+            auto& ref = *stream;
+            return readHead(ref, kj::Vector<char>()).then(
+                [stream = kj::mv(stream)](kj::Array<char> head) mutable {
+                  return kj::tuple(kj::mv(stream), kj::mv(head));
+                });
+          });
+        })
+        .then([this, context, client](
+                  kj::Tuple<kj::Own<kj::AsyncIoStream>, kj::Array<char>> result) mutable {
+          auto stream = kj::mv(kj::get<0>(result));
+          auto head = kj::mv(kj::get<1>(result));
+          auto text = lowercase(head);
+          KJ_REQUIRE(text.startsWith("http/1.1 101"), "app refused the WebSocket",
+                     kj::heapString(head.begin(), kj::min(head.size(), size_t(80))));
+          // Everything after the blank line is already frames.
+          size_t end = 0;
+          for (size_t i = 3; i < head.size(); i++) {
+            if (head[i - 3] == '\r' && head[i - 2] == '\n' && head[i - 1] == '\r' &&
+                head[i] == '\n') {
+              end = i + 1;
+              break;
+            }
+          }
+          auto results = context.getResults();
+          const char* header = strstr(text.cStr(), "\r\nsec-websocket-protocol:");
+          if (header != nullptr) {
+            // The value keeps its case: take it from the original bytes.
+            size_t from = header - text.cStr() + 25;
+            while (from < head.size() && head[from] == ' ') from++;
+            size_t to = from;
+            while (to < head.size() && head[to] != '\r') to++;
+            results.initProtocol(1).set(0, kj::heapString(head.begin() + from, to - from));
+          }
+          auto pipe = kj::refcounted<SocketPipe>(kj::mv(stream));
+          results.setServerStream(kj::heap<ServerSocketStream>(kj::addRef(*pipe)));
+          kj::Promise<void> first = kj::READY_NOW;
+          if (end < head.size()) {
+            auto request = client.sendBytesRequest();
+            request.setMessage(head.asBytes().slice(end, head.size()));
+            first = request.send().ignoreResult();
+          }
+          app.tasks.add(first.then([pipe = kj::mv(pipe), client]() mutable {
+            return pumpToClient(kj::mv(pipe), kj::mv(client));
+          }));
+        });
   }
 
  private:

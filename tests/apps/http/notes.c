@@ -9,6 +9,8 @@
  *   PATCH /notes/NAME  append the body; answers "patched SIZE"
  *   DELETE /notes/NAME remove (204)
  *   GET /big?kb=N      N KiB in chunked transfer encoding, sent in pieces
+ *   GET /ws            a WebSocket that answers each text message M with
+ *                      "echo: M" (in a child process, so others go on)
  *
  * One request per connection; the bridge opens a connection each time.
  * NOTES_DIR overrides /var/notes (for running it bare, outside a grain). */
@@ -22,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <signal.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,6 +106,112 @@ static void send_big(int fd, const char *query) {
     write_all(fd, "0\r\n\r\n", 5);
 }
 
+
+/* SHA-1, for the WebSocket handshake's accept key only. */
+static uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
+
+static void sha1(const unsigned char *data, size_t length, unsigned char out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    size_t padded = ((length + 8) / 64 + 1) * 64;
+    unsigned char *message = calloc(padded, 1);
+    if (!message) abort();
+    memcpy(message, data, length);
+    message[length] = 0x80;
+    uint64_t bits = (uint64_t)length * 8;
+    for (int i = 0; i < 8; i++) message[padded - 1 - i] = (unsigned char)(bits >> (8 * i));
+    for (size_t block = 0; block < padded; block += 64) {
+        uint32_t w[80];
+        for (int i = 0; i < 16; i++) {
+            const unsigned char *p = message + block + 4 * i;
+            w[i] = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+        }
+        for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+        uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+        for (int i = 0; i < 80; i++) {
+            uint32_t f, k;
+            if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
+            else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
+            else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
+            else { f = b ^ c ^ d; k = 0xCA62C1D6; }
+            uint32_t t = rol(a, 5) + f + e + k + w[i];
+            e = d; d = c; c = rol(b, 30); b = a; a = t;
+        }
+        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+    }
+    free(message);
+    for (int i = 0; i < 20; i++) out[i] = (unsigned char)(h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+static void base64(const unsigned char *data, size_t length, char *out) {
+    static const char table[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < length; i += 3) {
+        uint32_t v = (uint32_t)data[i] << 16;
+        if (i + 1 < length) v |= (uint32_t)data[i + 1] << 8;
+        if (i + 2 < length) v |= data[i + 2];
+        out[o++] = table[(v >> 18) & 63];
+        out[o++] = table[(v >> 12) & 63];
+        out[o++] = i + 1 < length ? table[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < length ? table[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+static int read_exact(int fd, unsigned char *buffer, size_t length) {
+    while (length > 0) {
+        ssize_t n = read(fd, buffer, length);
+        if (n <= 0) return -1;
+        buffer += n;
+        length -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Echoes text messages until the client closes. Frames are small here. */
+static void websocket_echo(int fd, const char *request) {
+    const char *key = strcasestr(request, "\r\nSec-WebSocket-Key:");
+    if (!key) {
+        respond_text(fd, 400, "Bad Request", "not a WebSocket request\n");
+        return;
+    }
+    key += strlen("\r\nSec-WebSocket-Key:");
+    while (*key == ' ') key++;
+    char joined[128];
+    size_t key_length = strcspn(key, "\r");
+    if (key_length > 60) return;
+    snprintf(joined, sizeof joined, "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+             (int)key_length, key);
+    unsigned char digest[20];
+    sha1((const unsigned char *)joined, strlen(joined), digest);
+    char accept[32];
+    base64(digest, 20, accept);
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", accept);
+    if (write_all(fd, head, (size_t)n) < 0) return;
+    for (;;) {
+        unsigned char header[2], mask[4], payload[125 + 6];
+        if (read_exact(fd, header, 2) < 0) return;
+        size_t length = header[1] & 0x7f;
+        if (length > 119 || !(header[1] & 0x80)) return; /* small masked frames only */
+        if (read_exact(fd, mask, 4) < 0 || read_exact(fd, payload + 6, length) < 0) return;
+        for (size_t i = 0; i < length; i++) payload[6 + i] ^= mask[i % 4];
+        if ((header[0] & 0x0f) == 8) {
+            unsigned char close_frame[2] = {0x88, 0};
+            write_all(fd, (const char *)close_frame, 2);
+            return;
+        }
+        unsigned char reply[2 + 6 + 125];
+        reply[0] = 0x81;
+        reply[1] = (unsigned char)(length + 6);
+        memcpy(reply + 2, "echo: ", 6);
+        memcpy(reply + 8, payload + 6, length);
+        if (write_all(fd, (const char *)reply, length + 8) < 0) return;
+    }
+}
+
 static void handle(int fd, char *request, size_t length) {
     char method[16], target[1024];
     if (sscanf(request, "%15s %1023s", method, target) != 2) {
@@ -120,6 +230,13 @@ static void handle(int fd, char *request, size_t length) {
     }
     if (strcmp(method, "GET") == 0 && strcmp(target, "/big") == 0) {
         send_big(fd, query);
+        return;
+    }
+    if (strcmp(method, "GET") == 0 && strcmp(target, "/ws") == 0) {
+        if (fork() == 0) {
+            websocket_echo(fd, request);
+            _exit(0);
+        }
         return;
     }
     char path[512];
@@ -196,6 +313,7 @@ int main(int argc, char **argv) {
         perror("notes: listen");
         return 1;
     }
+    signal(SIGCHLD, SIG_IGN); /* WebSocket children reap themselves */
     static char request[MAX_REQUEST + 1];
     for (;;) {
         int client = accept(server, NULL, NULL);
