@@ -28,6 +28,20 @@ export class GrainUnavailableError extends Error {
   }
 }
 
+/** What a runner reports about the machine(s) and grains it runs. */
+export interface RunnerUsage {
+  machines: {
+    name: string;
+    memoryTotalBytes: number;
+    memoryAvailableBytes: number;
+    grainMemoryBytes: number;
+    runningGrains: number;
+    load1: number;
+  }[];
+  /** By grain ID. */
+  grains: Map<string, { state: string; memoryBytes: number }>;
+}
+
 /** Starts grains and tells where their sessions are served. */
 export interface GrainRunner {
   readonly kind: string;
@@ -37,6 +51,8 @@ export interface GrainRunner {
   sizeOf(grainId: string): Promise<number | undefined>;
   /** Stops the grain and deletes its data. */
   destroy(grainId: string): Promise<void>;
+  /** Resource use, for the admin page; undefined if the runner has none. */
+  usage?(): Promise<RunnerUsage | undefined>;
 }
 
 /** A runner for a shell with no worker to run grains on. */

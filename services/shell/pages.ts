@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { RunnerUsage } from "./grain_runner.ts";
 import { formatBytes } from "./packages.ts";
 import type {
   AppRole,
@@ -447,6 +448,7 @@ export function adminPage(options: {
   owners: Map<string, User>;
   packages: Map<string, PackageInfo>;
   runnerKind: string;
+  runnerUsage?: RunnerUsage;
   newPassword?: { name: string; password: string };
 }): string {
   const { frame } = options;
@@ -482,17 +484,36 @@ export function adminPage(options: {
       </tr>
     `
   );
-  const grainRows = options.grains.map((g) =>
-    html`
+  const usage = options.runnerUsage;
+  const grainRows = options.grains.map((g) => {
+    const live = usage?.grains.get(g.id);
+    return html`
       <tr>
         <td>${g.title}</td>
         <td>${options.owners.get(g.ownerId)?.name ?? g.ownerId}</td>
         <td>${options.packages.get(g.packageId)?.title ?? ""}</td>
         <td>${formatBytes(g.sizeBytes)}</td>
+        <td>${live?.state ?? "not running"}</td>
+        <td>${live && live.state === "running"
+          ? formatBytes(live.memoryBytes)
+          : "-"}</td>
         <td>${options.sessions.filter((s) =>
           s.grainId === g.id && s.expiresAt > now
         )
           .length}</td>
+      </tr>
+    `;
+  });
+  const machineRows = (usage?.machines ?? []).map((m) =>
+    html`
+      <tr>
+        <td>${m.name}</td>
+        <td>${m.runningGrains}</td>
+        <td>${formatBytes(m.grainMemoryBytes)}</td>
+        <td>${formatBytes(m.memoryAvailableBytes)} of ${formatBytes(
+          m.memoryTotalBytes,
+        )}</td>
+        <td>${m.load1.toFixed(2)}</td>
       </tr>
     `
   );
@@ -515,7 +536,16 @@ ${
 <p class="muted">${machines.length} machine(s); roles running: ${
       roles.join(", ") || "none"
     }; grains run by: ${options.runnerKind}.</p>
-<table id="replicas"><tr><th>Role</th><th>Machine</th><th>Address</th><th>PID</th><th>Memory</th><th>Up</th><th>Seen</th></tr>${replicaRows}</table></div>
+<table id="replicas"><tr><th>Role</th><th>Machine</th><th>Address</th><th>PID</th><th>Memory</th><th>Up</th><th>Seen</th></tr>${replicaRows}</table>
+${
+      machineRows.length > 0
+        ? html`
+          <h2 style="margin-top:18px">Workers</h2>
+          <table
+            id="workers"><tr><th>Worker</th><th>Grains running</th><th>Grain memory</th><th>Memory available</th><th>Load</th></tr>${machineRows}</table>
+        `
+        : ""
+    }</div>
 <div class="card"><h2>Users</h2>
 <table id="users"><tr><th>Name</th><th>Display name</th><th>Kind</th><th>Storage</th><th>Quota</th></tr>${userRows}</table>
 <form method="post" action="/admin/users" class="row" style="margin-top:14px">${csrf}
@@ -523,7 +553,7 @@ ${
 <input type="text" name="displayName" placeholder="display name" aria-label="Display name">
 <button id="create-user">Create user</button></form></div>
 <div class="card"><h2>Grains</h2>
-<table id="all-grains"><tr><th>Title</th><th>Owner</th><th>App</th><th>Size</th><th>Open sessions</th></tr>${grainRows}</table></div>
+<table id="all-grains"><tr><th>Title</th><th>Owner</th><th>App</th><th>Size</th><th>State</th><th>Memory</th><th>Open sessions</th></tr>${grainRows}</table></div>
 </main>`,
   );
 }

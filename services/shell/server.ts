@@ -673,6 +673,7 @@ export function createShellHandler(options: ShellOptions) {
       owners: new Map(users.map((u) => [u.id, u])),
       packages: await packageMap(),
       runnerKind: runner.kind,
+      runnerUsage: await runner.usage?.(),
       newPassword,
     }));
   }

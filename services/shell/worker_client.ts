@@ -17,7 +17,11 @@ import {
   type Worker_NewGrain$Params,
   type Worker_RestoreGrain$Params,
 } from "../../proto/gen/worker.ts";
-import { type GrainRunner, GrainUnavailableError } from "./grain_runner.ts";
+import {
+  type GrainRunner,
+  GrainUnavailableError,
+  type RunnerUsage,
+} from "./grain_runner.ts";
 import type { Grain } from "./repo/types.ts";
 
 /** Largest package sent in one installPackage call: the RPC engine's
@@ -145,6 +149,40 @@ export class WorkerGrainRunner implements GrainRunner {
     // The worker reports memory, not storage; volumes report their size
     // through storage once grains live on storage volumes.
     return Promise.resolve(undefined);
+  }
+
+  /** The worker's machine and per-grain memory, or undefined if the
+   * worker does not answer. */
+  async usage(): Promise<RunnerUsage | undefined> {
+    try {
+      const worker = await this.#connect();
+      const [machine, listed] = await Promise.all([
+        worker.machineUsage().promise(),
+        worker.listGrains().promise(),
+      ]);
+      const states = ["running", "stopped", "out of memory", "crashed"];
+      const grains = new Map<string, { state: string; memoryBytes: number }>();
+      for (const usage of listed.grains) {
+        grains.set(usage.grainId, {
+          state: states[usage.state] ?? "unknown",
+          memoryBytes: Number(usage.memoryBytes),
+        });
+      }
+      const m = machine.usage;
+      return {
+        machines: [{
+          name: `worker ${this.#address.hostname}:${this.#address.port}`,
+          memoryTotalBytes: Number(m.memoryTotalBytes),
+          memoryAvailableBytes: Number(m.memoryAvailableBytes),
+          grainMemoryBytes: Number(m.grainMemoryBytes),
+          runningGrains: m.runningGrains,
+          load1: m.load1,
+        }],
+        grains,
+      };
+    } catch {
+      return undefined;
+    }
   }
 
   async destroy(grainId: string): Promise<void> {

@@ -4,7 +4,12 @@
  *
  * @module
  */
-import { type BrowserContext, chromium, type Page } from "playwright-core";
+import {
+  type BrowserContext,
+  chromium,
+  type Frame,
+  type Page,
+} from "playwright-core";
 
 const FLAGS = [
   "--headless",
@@ -64,4 +69,32 @@ export async function signIn(
     page.waitForURL((u) => !u.pathname.startsWith("/login")),
     page.click("#signin"),
   ]);
+}
+
+/**
+ * The grain's iframe once its page has loaded. If the shell shows an
+ * error instead of the frame, fails at once with that error's text.
+ */
+export async function grainFrame(page: Page): Promise<Frame> {
+  const shown = await page.waitForSelector("#grain-frame, [role=alert]");
+  if ((await shown.getAttribute("id")) !== "grain-frame") {
+    throw new Error(`the grain did not open: ${await shown.textContent()}`);
+  }
+  const frame = await shown.contentFrame();
+  if (frame === null) throw new Error("the grain iframe has no frame");
+  await frame.waitForLoadState();
+  return frame;
+}
+
+/** A request made from inside the grain's origin, as the app's own page
+ * would make it; returns status and body text. */
+export function fromGrain(
+  frame: Frame,
+  path: string,
+  init: RequestInit = {},
+): Promise<{ status: number; text: string }> {
+  return frame.evaluate(async ([path, init]) => {
+    const response = await fetch(path as string, init as RequestInit);
+    return { status: response.status, text: await response.text() };
+  }, [path, init] as const);
 }

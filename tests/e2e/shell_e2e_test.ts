@@ -9,7 +9,11 @@
 import assert from "node:assert/strict";
 import { congodb } from "@push.rocks/smartmongo";
 import type { Frame, Page } from "playwright-core";
-import { launchBrowser, signIn } from "./browser.ts";
+import {
+  grainFrame as openedGrainFrame,
+  launchBrowser,
+  signIn,
+} from "./browser.ts";
 import { freePort, startWebSide, type WebSideOptions } from "./harness.ts";
 import { startStandInRunner } from "./stand_in_runner.ts";
 import { buildNotesSpk } from "./test_app.ts";
@@ -75,9 +79,7 @@ async function makeShareLink(page: Page, role: string, label: string) {
 }
 
 async function grainFrame(page: Page): Promise<Frame> {
-  const element = await page.waitForSelector("#grain-frame");
-  const frame = await element.contentFrame();
-  assert.ok(frame, "grain iframe has a frame");
+  const frame = await openedGrainFrame(page);
   await frame.waitForSelector("#note");
   return frame;
 }

@@ -9,9 +9,8 @@
 // manager and sandbox wired to the runner protocol, and restarts it with
 // the launcher. The app is the worker engineer's "notes" test app.
 import assert from "node:assert/strict";
-import type { Frame, Page } from "playwright-core";
 import { buildTestApps } from "../apps/build.ts";
-import { launchBrowser, signIn } from "./browser.ts";
+import { fromGrain, grainFrame, launchBrowser, signIn } from "./browser.ts";
 import { RoleProcess } from "./harness.ts";
 import { startWorkerRunner } from "./worker_runner.ts";
 
@@ -52,22 +51,6 @@ function startBlackrock(dataDir: string, basePort: number): RoleProcess {
     "--base-port",
     String(basePort),
   ]);
-}
-
-async function grainFrame(page: Page): Promise<Frame> {
-  const element = await page.waitForSelector("#grain-frame");
-  const frame = await element.contentFrame();
-  assert.ok(frame);
-  await frame.waitForLoadState();
-  return frame;
-}
-
-/** A request from inside the grain's origin, as the app's page makes. */
-function fromGrain(frame: Frame, path: string, init: RequestInit = {}) {
-  return frame.evaluate(async ([path, init]) => {
-    const response = await fetch(path as string, init as RequestInit);
-    return { status: response.status, text: await response.text() };
-  }, [path, init] as const);
 }
 
 Deno.test({

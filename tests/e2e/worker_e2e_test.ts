@@ -6,28 +6,10 @@
 // yet; worker_runner.ts wires the shell's runner protocol to the worker's
 // grain manager in the test process.
 import assert from "node:assert/strict";
-import type { Frame, Page } from "playwright-core";
 import { buildTestApps } from "../apps/build.ts";
-import { launchBrowser, signIn } from "./browser.ts";
+import { fromGrain, grainFrame, launchBrowser, signIn } from "./browser.ts";
 import { freePort, startWebSide } from "./harness.ts";
 import { startWorkerRunner } from "./worker_runner.ts";
-
-async function grainFrame(page: Page): Promise<Frame> {
-  const element = await page.waitForSelector("#grain-frame");
-  const frame = await element.contentFrame();
-  assert.ok(frame);
-  await frame.waitForLoadState();
-  return frame;
-}
-
-/** Sends a request from inside the grain's origin, as the app's own page
- * would, and returns status and body. */
-function fromGrain(frame: Frame, path: string, init: RequestInit = {}) {
-  return frame.evaluate(async ([path, init]) => {
-    const response = await fetch(path as string, init as RequestInit);
-    return { status: response.status, text: await response.text() };
-  }, [path, init] as const);
-}
 
 Deno.test({
   name:

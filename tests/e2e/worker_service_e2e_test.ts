@@ -13,11 +13,11 @@
 // grain with fetch from the grain's origin; worker_e2e_test.ts checks the
 // frame's own pages too, through one hop.
 import assert from "node:assert/strict";
-import type { Frame, Page } from "playwright-core";
 import { buildTestApps } from "../apps/build.ts";
-import { launchBrowser, signIn } from "./browser.ts";
+import { fromGrain, grainFrame, launchBrowser, signIn } from "./browser.ts";
 import { freePort, RoleProcess, startWebSide } from "./harness.ts";
 
+const SCREENSHOTS = Deno.env.get("BLACKROCK_SCREENSHOTS");
 const WORKER_MAIN = new URL("../../services/worker/main.ts", import.meta.url)
   .pathname;
 
@@ -44,21 +44,6 @@ function startWorker(stateDir: string, port: number): RoleProcess {
     "--set",
     "uidCount=8",
   ]);
-}
-
-async function grainFrame(page: Page): Promise<Frame> {
-  const element = await page.waitForSelector("#grain-frame");
-  const frame = await element.contentFrame();
-  assert.ok(frame);
-  await frame.waitForLoadState();
-  return frame;
-}
-
-function fromGrain(frame: Frame, path: string, init: RequestInit = {}) {
-  return frame.evaluate(async ([path, init]) => {
-    const response = await fetch(path as string, init as RequestInit);
-    return { status: response.status, text: await response.text() };
-  }, [path, init] as const);
 }
 
 Deno.test({
@@ -102,6 +87,20 @@ Deno.test({
       await page.reload();
       frame = await grainFrame(page);
       assert.equal((await fromGrain(frame, "/")).text.trim(), "list");
+
+      // The admin page shows the worker and the grain's live memory.
+      await page.goto(`${web.url}/admin`);
+      assert.match(
+        await page.textContent("#workers") ?? "",
+        new RegExp(`worker 127\\.0\\.0\\.1:${workerPort}`),
+      );
+      assert.match(
+        await page.textContent("#all-grains") ?? "",
+        /running\s*[\d.]+ (KiB|MiB)/,
+      );
+      if (SCREENSHOTS) {
+        await page.screenshot({ path: `${SCREENSHOTS}/admin-worker.png` });
+      }
 
       await web.stop();
       await worker.stop();
