@@ -43,7 +43,10 @@ qemu_pid=$!
 
 deadline=$((SECONDS + 300))
 until grep -q '"event":"listening"' "$work/console.log"; do
-  if ! kill -0 "$qemu_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+  failures=$(grep -c '"event":"start-failed"\|"event":"config-invalid"' \
+    "$work/console.log" || true)
+  if ! kill -0 "$qemu_pid" 2>/dev/null || [ $SECONDS -ge $deadline ] ||
+    [ "$failures" -ge 2 ]; then
     echo "boot-check: the agent did not start; console tail:" >&2
     tail -n 40 "$work/console.log" >&2
     exit 1

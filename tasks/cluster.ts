@@ -67,7 +67,7 @@ export function agentCommand(
       read: [root, state.dir],
       write: [stateDir, shared],
       run: [Deno.execPath()],
-      sys: ["systemMemoryInfo"],
+      sys: ["systemMemoryInfo", "statfs"],
     },
     overrides: [
       `machine=m${index}`,

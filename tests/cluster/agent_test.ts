@@ -11,6 +11,7 @@ import {
   type RoleDefinition,
 } from "../../services/agent/agent.ts";
 import { loadOrCreateVatKey } from "../../services/agent/vat_key.ts";
+import { roleCommand } from "../../services/runtime/permissions.ts";
 import { VatIdentity, vatIdHex } from "../../services/rpc/vat_id.ts";
 
 const quiet = new Logger({ role: "agent", level: "error" });
@@ -369,6 +370,66 @@ Deno.test("an agent restarted after SIGKILL replaces the roles it left behind", 
     for (const s of await starts(`${dir}/machine`, "worker")) {
       if (alive(s.pid)) Deno.kill(s.pid, "SIGKILL");
     }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the agent's process boots under the permissions its unit grants", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "agent-main-test-" });
+  const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+  const port = 20_000 + Math.floor(Math.random() * 20_000);
+  // The same grants as image/units/blackrock-agent.service.
+  const [command, ...args] = roleCommand({
+    deno: Deno.execPath(),
+    entry: `${root}/services/agent/main.ts`,
+    permissions: {
+      net: [`127.0.0.1:${port}`],
+      read: [root, dir],
+      write: [dir],
+      run: [Deno.execPath()],
+      sys: ["systemMemoryInfo", "statfs"],
+    },
+    overrides: [
+      "machine=m1",
+      `stateDir=${dir}`,
+      `controlPort=${port}`,
+      `codeRoot=${root}`,
+    ],
+  });
+  const child = new Deno.Command(command, {
+    args,
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for await (const chunk of child.stderr) {
+      buffered += decoder.decode(chunk, { stream: true });
+      const parts = buffered.split("\n");
+      buffered = parts.pop()!;
+      lines.push(...parts);
+    }
+  })();
+  try {
+    const listening = await waitUntil(
+      "the agent listens",
+      () =>
+        lines.find((l) =>
+          l.includes('"event":"listening"') || l.includes('"level":"error"')
+        ),
+    );
+    assert.match(listening, /"event":"listening"/);
+    const booted = JSON.parse(
+      lines.find((l) => l.includes('"event":"agent-booted"'))!,
+    );
+    assert.ok(booted.specs.diskBytes > 0 && booted.specs.memoryBytes > 0);
+    assert.equal((await Deno.stat(`${dir}/vat.key`)).mode! & 0o777, 0o600);
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await reading;
     await Deno.remove(dir, { recursive: true });
   }
 });
