@@ -70,12 +70,11 @@ export function newMessage(): $.Message {
  * once, so the message never aliases the caller's buffer.
  */
 export function readMessage(bytes: Uint8Array): $.Message {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-  const count = view.getUint32(0, true) + 1;
+  const count = readUint32(bytes, 0) + 1;
   let offset = (4 + 4 * count + 7) & ~7;
   const segments: ArrayBuffer[] = [];
   for (let i = 0; i < count; i++) {
-    const length = view.getUint32(4 + 4 * i, true) * 8;
+    const length = readUint32(bytes, 4 + 4 * i) * 8;
     const start = bytes.byteOffset + offset;
     segments.push(bytes.buffer.slice(start, start + length) as ArrayBuffer);
     offset += length;
@@ -87,6 +86,24 @@ export function readMessage(bytes: Uint8Array): $.Message {
   );
 }
 
+/** A little-endian u32 (no DataView: this runs for every message). */
+export function readUint32(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset] | (bytes[offset + 1] << 8) |
+    (bytes[offset + 2] << 16)) + bytes[offset + 3] * 0x1000000;
+}
+
+/** Writes a little-endian u32. */
+export function writeUint32(
+  bytes: Uint8Array,
+  offset: number,
+  value: number,
+): void {
+  bytes[offset] = value & 0xff;
+  bytes[offset + 1] = (value >>> 8) & 0xff;
+  bytes[offset + 2] = (value >>> 16) & 0xff;
+  bytes[offset + 3] = (value >>> 24) & 0xff;
+}
+
 /** The framed bytes of a message (standard stream framing), in one
  * allocation: what `toArrayBuffer` gives, with fewer copies. */
 export function serialize(message: $.Message): Uint8Array {
@@ -95,15 +112,16 @@ export function serialize(message: $.Message): Uint8Array {
   const count = segments.length;
   const headerBytes = (4 + 4 * count + 7) & ~7;
   let total = headerBytes;
-  for (const segment of segments) total += (segment.byteLength + 7) & ~7;
+  for (let i = 0; i < count; i++) {
+    total += (segments[i].byteLength + 7) & ~7;
+  }
   const out = new Uint8Array(total);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, count - 1, true);
+  writeUint32(out, 0, count - 1);
   let offset = headerBytes;
   for (let i = 0; i < count; i++) {
     const segment = segments[i];
     const length = (segment.byteLength + 7) & ~7;
-    view.setUint32(4 + 4 * i, length / 8, true);
+    writeUint32(out, 4 + 4 * i, length / 8);
     out.set(new Uint8Array(segment.buffer, 0, length), offset);
     offset += length;
   }

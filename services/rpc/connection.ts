@@ -36,7 +36,13 @@ import {
 import type { MessageConnection } from "./transport.ts";
 import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
 import { frameLength } from "./framing.ts";
-import { newMessage, readMessage, serialize } from "./_message.ts";
+import {
+  newMessage,
+  readMessage,
+  readUint32,
+  serialize,
+  writeUint32,
+} from "./_message.ts";
 
 /** Per-connection limits; a peer that passes one gets an error. */
 export interface ConnectionLimits {
@@ -1151,15 +1157,14 @@ const FINISH_TEMPLATE = (() => {
 })();
 const FINISH_ID_OFFSET = (() => {
   for (let i = 0; i + 4 <= FINISH_TEMPLATE.length; i += 4) {
-    const view = new DataView(FINISH_TEMPLATE.buffer, i, 4);
-    if (view.getUint32(0, true) === 0x89abcdef) return i;
+    if (readUint32(FINISH_TEMPLATE, i) === 0x89abcdef) return i;
   }
   throw new Error("Finish template has no question ID");
 })();
 
 function finishBytes(questionId: number): Uint8Array {
   const bytes = FINISH_TEMPLATE.slice();
-  new DataView(bytes.buffer).setUint32(FINISH_ID_OFFSET, questionId, true);
+  writeUint32(bytes, FINISH_ID_OFFSET, questionId);
   return bytes;
 }
 

@@ -10,6 +10,12 @@
 
 import { TransportClosedError } from "./transport.ts";
 
+/** A little-endian u32 (no DataView: this runs for every message). */
+function readUint32(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset] | (bytes[offset + 1] << 8) |
+    (bytes[offset + 2] << 16)) + bytes[offset + 3] * 0x1000000;
+}
+
 /** Frames larger than this are refused unless a limit is given. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 << 20;
 
@@ -41,8 +47,7 @@ export function frameLength(
   maxMessageBytes: number = DEFAULT_MAX_MESSAGE_BYTES,
 ): number {
   if (bytes.length < 4) return -1;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-  const segmentCount = view.getUint32(0, true) + 1;
+  const segmentCount = readUint32(bytes, 0) + 1;
   if (segmentCount > MAX_SEGMENTS || segmentCount === 0) {
     throw new FrameError(
       `frame declares ${segmentCount} segments; at most ${MAX_SEGMENTS} are allowed`,
@@ -57,7 +62,7 @@ export function frameLength(
   if (bytes.length < 4 + 4 * segmentCount) return -1;
   let total = headerBytes;
   for (let i = 0; i < segmentCount; i++) {
-    total += view.getUint32(4 + 4 * i, true) * 8;
+    total += readUint32(bytes, 4 + 4 * i) * 8;
     if (total > maxMessageBytes) {
       throw new FrameError(
         `frame of at least ${total} bytes is over the limit of ${maxMessageBytes}`,
