@@ -196,64 +196,114 @@ export async function blobSize(
 }
 
 /**
- * Streams the blob's bytes from `offsetBytes`, at most `lengthBytes` of
- * them. Every chunk is authenticated before any of its bytes is yielded.
+ * Reads one blob. The head is read once and kept: a blob never changes,
+ * so a capability serving many range reads pays for it once.
  */
-export async function* readBlob(
+export class BlobReader {
+  readonly id: string;
+  #contentKey: Uint8Array;
+  #head: Promise<BlobHead> | undefined;
+
+  constructor(readonly context: StoreContext, key: Uint8Array) {
+    this.id = objectIdOf(key);
+    this.#contentKey = contentKeyOf(key);
+  }
+
+  #loadHead(): Promise<BlobHead> {
+    const loading = this.#head ??= readHead(
+      this.context,
+      this.id,
+      this.#contentKey,
+    );
+    // A failed read is not kept: the next call tries again.
+    loading.catch(() => {
+      if (this.#head === loading) this.#head = undefined;
+    });
+    return loading;
+  }
+
+  async size(): Promise<number> {
+    return (await this.#loadHead()).sizeBytes;
+  }
+
+  /** Wipes the content key; later reads fail to authenticate. */
+  forget(): void {
+    this.#contentKey.fill(0);
+  }
+
+  /**
+   * Streams the blob's bytes from `offsetBytes`, at most `lengthBytes` of
+   * them. Every chunk is authenticated before any of its bytes is yielded.
+   */
+  async *read(
+    offsetBytes = 0,
+    lengthBytes = Number.MAX_SAFE_INTEGER,
+  ): AsyncGenerator<Uint8Array> {
+    const context = this.context;
+    const id = this.id;
+    const contentKey = this.#contentKey;
+    const head = await this.#loadHead();
+    const end = Math.min(head.sizeBytes, offsetBytes + lengthBytes);
+    if (offsetBytes >= end) return;
+    const first = Math.floor(offsetBytes / head.chunkBytes);
+    const last = Math.floor((end - 1) / head.chunkBytes);
+
+    const fetchChunk = async (index: number): Promise<Uint8Array> => {
+      const piece = `c/${index}`;
+      const stored = await context.disk.get(`${id}/${piece}`);
+      if (stored === null) {
+        throw new CorruptObjectError(
+          `chunk ${index} of blob ${id} is missing`,
+        );
+      }
+      const plain = openPiece(
+        contentKey,
+        { objectId: id, piece },
+        stored.data,
+        context.sealMode,
+      );
+      const expected = Math.min(
+        head.chunkBytes,
+        head.sizeBytes - index * head.chunkBytes,
+      );
+      if (plain.length !== expected) {
+        throw new CorruptObjectError(
+          `chunk ${index} of blob ${id} has ${plain.length} bytes, ` +
+            `expected ${expected}`,
+        );
+      }
+      return plain;
+    };
+
+    const ahead: Promise<Uint8Array>[] = [];
+    let next = first;
+    const fill = () => {
+      while (ahead.length < context.concurrency && next <= last) {
+        const pending = fetchChunk(next++);
+        // Errors surface when the chunk's turn comes; avoid unhandled noise.
+        pending.catch(() => {});
+        ahead.push(pending);
+      }
+    };
+    fill();
+    for (let index = first; index <= last; index++) {
+      const plain = await ahead.shift()!;
+      fill();
+      const start = index === first ? offsetBytes - index * head.chunkBytes : 0;
+      const stop = index === last
+        ? end - index * head.chunkBytes
+        : plain.length;
+      yield plain.subarray(start, stop);
+    }
+  }
+}
+
+/** Streams a blob's bytes (see {@link BlobReader.read}). */
+export function readBlob(
   context: StoreContext,
   key: Uint8Array,
   offsetBytes = 0,
   lengthBytes = Number.MAX_SAFE_INTEGER,
 ): AsyncGenerator<Uint8Array> {
-  const id = objectIdOf(key);
-  const contentKey = contentKeyOf(key);
-  const head = await readHead(context, id, contentKey);
-  const end = Math.min(head.sizeBytes, offsetBytes + lengthBytes);
-  if (offsetBytes >= end) return;
-  const first = Math.floor(offsetBytes / head.chunkBytes);
-  const last = Math.floor((end - 1) / head.chunkBytes);
-
-  const fetchChunk = async (index: number): Promise<Uint8Array> => {
-    const piece = `c/${index}`;
-    const stored = await context.disk.get(`${id}/${piece}`);
-    if (stored === null) {
-      throw new CorruptObjectError(`chunk ${index} of blob ${id} is missing`);
-    }
-    const plain = openPiece(
-      contentKey,
-      { objectId: id, piece },
-      stored.data,
-      context.sealMode,
-    );
-    const expected = Math.min(
-      head.chunkBytes,
-      head.sizeBytes - index * head.chunkBytes,
-    );
-    if (plain.length !== expected) {
-      throw new CorruptObjectError(
-        `chunk ${index} of blob ${id} has ${plain.length} bytes, ` +
-          `expected ${expected}`,
-      );
-    }
-    return plain;
-  };
-
-  const ahead: Promise<Uint8Array>[] = [];
-  let next = first;
-  const fill = () => {
-    while (ahead.length < context.concurrency && next <= last) {
-      const pending = fetchChunk(next++);
-      // Errors surface when the chunk's turn comes; avoid unhandled noise.
-      pending.catch(() => {});
-      ahead.push(pending);
-    }
-  };
-  fill();
-  for (let index = first; index <= last; index++) {
-    const plain = await ahead.shift()!;
-    fill();
-    const start = index === first ? offsetBytes - index * head.chunkBytes : 0;
-    const stop = index === last ? end - index * head.chunkBytes : plain.length;
-    yield plain.subarray(start, stop);
-  }
+  return new BlobReader(context, key).read(offsetBytes, lengthBytes);
 }

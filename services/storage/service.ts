@@ -403,17 +403,18 @@ export class StorageService {
   }
 
   #blob(key: Uint8Array): rpc.Cap {
+    const reader = this.store.blob(key);
     const server = new Blob.Server(
       guarded({
         size: async (_params, results) => {
-          results.sizeBytes = BigInt(await this.store.blobSize(key));
+          results.sizeBytes = BigInt(await reader.size());
         },
         read: async (params, results) => {
           const length = Math.min(params.lengthBytes, MAX_READ_BYTES);
           const offset = toSafeNumber(params.offsetBytes, "offset");
           const parts: Uint8Array[] = [];
           let total = 0;
-          for await (const part of this.store.readBlob(key, offset, length)) {
+          for await (const part of reader.read(offset, length)) {
             parts.push(part);
             total += part.length;
           }
@@ -430,7 +431,10 @@ export class StorageService {
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Blob, key }))],
-      () => key.fill(0),
+      () => {
+        key.fill(0);
+        reader.forget();
+      },
     );
   }
 
@@ -446,7 +450,9 @@ export class StorageService {
           );
         },
         takeLease: async (_params, results) => {
-          const writer = await volume.takeLease();
+          // Its own reader: the writer forgets its key when released,
+          // while this volume capability may live on.
+          const writer = await this.store.volume(key).takeLease();
           results.writer = new VolumeWriter.Client(
             this.#writer(key.slice(), writer.epoch, writer),
           );
@@ -461,7 +467,10 @@ export class StorageService {
     );
     return rpc.serveAll(
       [server, this.#persistent(() => ({ kind: RefKind.Volume, key }))],
-      () => key.fill(0),
+      () => {
+        key.fill(0);
+        volume.forget();
+      },
     );
   }
 
@@ -503,7 +512,10 @@ export class StorageService {
         server,
         this.#persistent(() => ({ kind: RefKind.VolumeWriter, key, epoch })),
       ],
-      () => key.fill(0),
+      () => {
+        key.fill(0);
+        writer.volume.forget();
+      },
     );
   }
 

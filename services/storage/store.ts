@@ -27,7 +27,7 @@ import type { Disk } from "./disk.ts";
 import { newObjectKey, objectIdOf, rootIdOf } from "./object_crypto.ts";
 import type { SealMode } from "./object_crypto.ts";
 import { type ObjectKind, Ownership, type RootUsage } from "./ownership.ts";
-import { blobSize, readBlob, uploadBlob } from "./blob.ts";
+import { BlobReader, blobSize, readBlob, uploadBlob } from "./blob.ts";
 import { createVolume, VolumeReader } from "./volume.ts";
 import { createValue, getValue, setValue, type StoredValue } from "./value.ts";
 import type { StoreContext } from "./context.ts";
@@ -145,6 +145,11 @@ export class ObjectStore {
     lengthBytes?: number,
   ): AsyncGenerator<Uint8Array> {
     return readBlob(this.context, key, offsetBytes, lengthBytes);
+  }
+
+  /** A reader of one blob that keeps its head between reads. */
+  blob(key: Uint8Array): BlobReader {
+    return new BlobReader(this.context, key);
   }
 
   /** Creates an empty volume; returns its key. */

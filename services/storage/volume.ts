@@ -207,6 +207,11 @@ export class VolumeReader {
     this.contentKey = contentKeyOf(key);
   }
 
+  /** Wipes the content key; later calls fail to authenticate. */
+  forget(): void {
+    this.contentKey.fill(0);
+  }
+
   sealHead(head: VolumeHead): Uint8Array {
     return sealPiece(
       this.contentKey,
