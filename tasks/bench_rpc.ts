@@ -215,7 +215,7 @@ export const benchmarks: Record<string, () => Promise<BenchResult[]>> = {
   tcp_vs_cpp_rtt: tcpVsCppRtt,
   tcp_calls_per_second: tcpCallsPerSecond,
   // Sealed UDP: udp_vs_tcp_rtt, udp_calls_per_second, bulk_vs_seal.
-  ...udpBenchmarks,
+  ...udpBenchmarks({ measureRtt, measureThroughput }),
 };
 
 if (import.meta.main) {

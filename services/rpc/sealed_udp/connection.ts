@@ -114,6 +114,10 @@ export class SealedConnection implements MessageConnection {
   #chunks: Uint8Array[] = [];
   #messageBytes = 0;
   ackWanted = false;
+  /** DATA frames received since the last ACK went out. */
+  unackedFrames = 0;
+  /** When a delayed ACK must go out at the latest. */
+  ackDeadlineMs = Infinity;
   lingerUntilMs = Infinity;
 
   readonly #messages: Uint8Array[] = [];
@@ -223,6 +227,12 @@ export class SealedConnection implements MessageConnection {
     return this.inflight.size === 0 && this.unsentHead >= this.unsent.length;
   }
 
+  /** Whether fragments above a gap are held (an ACK then speeds up the
+   * sender's loss recovery, so it should not be delayed). */
+  holdsOutOfOrder(): boolean {
+    return this.#outOfOrder.size > 0;
+  }
+
   /** Whether anything waits to go out now (fragments, ack, ping). */
   hasWork(): boolean {
     return this.ackWanted || this.pingWanted || this.lostQueue.length > 0 ||
@@ -235,12 +245,26 @@ export class SealedConnection implements MessageConnection {
       next.fragment < this.#lowestUnacked() + this.#options.windowFragments;
   }
 
+  /** The lowest fragment not yet acknowledged. Fragments enter the
+   * inflight map in order, so its first key is that fragment; cached
+   * because the map iterator costs more than the rest of a send. */
   #lowestUnacked(): number {
-    for (const fragment of this.inflight.keys()) return fragment;
-    return this.unsentHead < this.unsent.length
-      ? this.unsent[this.unsentHead].fragment
-      : this.nextFragment;
+    if (this.#lowestCache >= 0) return this.#lowestCache;
+    let lowest = -1;
+    for (const fragment of this.inflight.keys()) {
+      lowest = fragment;
+      break;
+    }
+    if (lowest < 0) {
+      lowest = this.unsentHead < this.unsent.length
+        ? this.unsent[this.unsentHead].fragment
+        : this.nextFragment;
+    }
+    this.#lowestCache = lowest;
+    return lowest;
   }
+
+  #lowestCache = -1;
 
   #enqueue(flags: number, data: Uint8Array): void {
     this.unsent.push({
@@ -308,6 +332,7 @@ export class SealedConnection implements MessageConnection {
     let ackedBytes = 0;
     const ack = (fragment: Fragment) => {
       this.inflight.delete(fragment.fragment);
+      this.#lowestCache = -1;
       fragment.acked = true;
       if (!fragment.lost) {
         this.bytesInFlight -= fragment.data.length + DATA_FRAME_HEADER_BYTES;
@@ -471,6 +496,7 @@ export class SealedConnection implements MessageConnection {
   /** Handles a DATA frame. */
   onData(fragment: number, flags: number, data: Uint8Array): void {
     this.ackWanted = true;
+    this.unackedFrames++;
     if (fragment < this.receivedUpTo || this.#outOfOrder.has(fragment)) {
       this.#host.count("duplicateFragments");
       return;

@@ -99,6 +99,9 @@ export interface SealedUdpNetworkOptions {
   keepaliveMs?: number;
   /** Largest message accepted or sent. Default 64 MiB. */
   maxMessageBytes?: number;
+  /** How long the ACK of a lone message may wait for a reply to ride
+   * on. Default 5. */
+  ackDelayMs?: number;
   initialRtoMs?: number;
   minRtoMs?: number;
   /** Cap on the backed-off retransmission timeout, so a link that comes
@@ -272,6 +275,7 @@ export class SealedUdpNetwork implements VatNetwork {
       graceMs: options.graceMs ?? 30_000,
       keepaliveMs: options.keepaliveMs ?? 5_000,
       maxMessageBytes: options.maxMessageBytes ?? 64 * 1024 * 1024,
+      ackDelayMs: options.ackDelayMs ?? 5,
       initialRtoMs: options.initialRtoMs ?? 100,
       minRtoMs: options.minRtoMs ?? 40,
       maxRtoMs: options.maxRtoMs ?? 1_000,
@@ -590,6 +594,8 @@ export class SealedUdpNetwork implements VatNetwork {
     for (const connection of peer.connections.values()) {
       if (connection.ackWanted) {
         connection.ackWanted = false;
+        connection.unackedFrames = 0;
+        connection.ackDeadlineMs = Infinity;
         const ranges = connection.ackRanges();
         room(10 + ranges.length * 4);
         at = writeFrame(buffer, view, at, {
@@ -705,6 +711,7 @@ export class SealedUdpNetwork implements VatNetwork {
     const candidates: number[] = [];
     let keyCount = 0;
     let lastKeyPeer: Peer | undefined;
+    let lastPeer: Peer | undefined;
     const provisional = new Map<string, Peer>();
     for (let i = 0; i < count; i++) {
       const length = meta[i * UDP_RECV_WORDS];
@@ -738,8 +745,12 @@ export class SealedUdpNetwork implements VatNetwork {
         offset + OFFSET_SENDER,
         offset + OFFSET_SENDER + 32,
       );
-      const hex = vatIdHex(senderId);
-      let peer = this.#peers.get(hex) ?? provisional.get(hex);
+      // Most datagrams of a batch come from the peer of the one before.
+      let peer = lastPeer !== undefined && sameBytes(lastPeer.vatId, senderId)
+        ? lastPeer
+        : undefined;
+      const hex = peer === undefined ? vatIdHex(senderId) : peer.hex;
+      peer ??= this.#peers.get(hex) ?? provisional.get(hex);
       if (peer === undefined) {
         if (compareVatIds(senderId, this.vatId) === 0) {
           this.#count("droppedBadSender");
@@ -769,6 +780,7 @@ export class SealedUdpNetwork implements VatNetwork {
         this.#count("droppedReplayed");
         continue;
       }
+      lastPeer = peer;
       if (lastKeyPeer !== peer) {
         keys.set(peer.receiveKey, keyCount * 32);
         keyCount++;
@@ -933,8 +945,16 @@ export class SealedUdpNetwork implements VatNetwork {
             reason: ResetReason.MessageTooLarge,
           });
           this.#markDirty(peer);
-        } else {
+        } else if (
+          connection.unackedFrames >= 2 || connection.holdsOutOfOrder() ||
+          connection.state !== "open"
+        ) {
           this.#markAckDirty(peer);
+        } else if (connection.ackDeadlineMs === Infinity) {
+          // A lone message: its ACK waits a little for a reply (or the
+          // next message) to ride on, saving the peer a wake-up.
+          connection.ackDeadlineMs = now + this.#options.ackDelayMs;
+          this.#armTimer(connection.ackDeadlineMs);
         }
         break;
       }
@@ -1009,6 +1029,10 @@ export class SealedUdpNetwork implements VatNetwork {
           );
           continue;
         }
+        if (connection.ackDeadlineMs <= now) {
+          connection.ackDeadlineMs = Infinity;
+          this.#markDirty(peer);
+        }
         if (connection.lossDeadlineMs <= now) {
           connection.detectLosses(now);
           if (connection.hasWork()) this.#markDirty(peer);
@@ -1028,6 +1052,7 @@ export class SealedUdpNetwork implements VatNetwork {
           next,
           connection.rtoDeadlineMs,
           connection.lossDeadlineMs,
+          connection.ackDeadlineMs,
         );
       }
     }
@@ -1035,6 +1060,12 @@ export class SealedUdpNetwork implements VatNetwork {
     this.#flush();
     this.#armTimer(next);
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function bootKey(boot: Boot): string {
