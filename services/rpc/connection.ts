@@ -934,11 +934,15 @@ export class RpcConnection {
     this.#running--;
     const answer = entry.answer;
     const build = (settled: $.Pointer | undefined, error?: RpcError) => {
-      const message = newMessage();
-      const ret = message.initRoot(rpc.Message)._initReturn();
-      ret.answerId = questionId;
-      ret.releaseParamCaps = false;
+      const fresh = () => {
+        const message = newMessage();
+        const ret = message.initRoot(rpc.Message)._initReturn();
+        ret.answerId = questionId;
+        ret.releaseParamCaps = false;
+        return { message, ret };
+      };
       if (settled !== undefined && entry.redirected) {
+        const { message, ret } = fresh();
         // The results stay here for a question of ours to take; their
         // capabilities go with them to that question.
         ret.resultsSentElsewhere = true;
@@ -963,6 +967,7 @@ export class RpcConnection {
           return;
         }
       } else if (settled !== undefined) {
+        const { message, ret } = fresh();
         try {
           const payload = ret._initResults();
           entry.resultCaps = settled.segment.message._capnp.capTable ?? [];
@@ -976,6 +981,7 @@ export class RpcConnection {
           return;
         }
       } else {
+        const { message, ret } = fresh();
         if (entry.returnMessage !== undefined) {
           // The server failed after writing some results: drop them.
           closeAll(entry.returnMessage._capnp.capTable ?? []);
