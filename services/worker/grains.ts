@@ -524,6 +524,9 @@ export class GrainManager {
           signal: exit.signal,
           output: running.process.output().slice(-5),
         });
+        // No longer running from this moment, even while its resources
+        // are being freed.
+        record.running = undefined;
         await this.#release(record, running);
       }
     });
