@@ -29,6 +29,7 @@
  */
 
 import {
+  libraryPath,
   openBatch,
   PacketStatus,
   sealBatch,
@@ -84,6 +85,22 @@ import {
 } from "./packet.ts";
 import { ReplayWindow } from "./replay_window.ts";
 import { type ReceivedBatch, UdpSocket } from "./socket.ts";
+
+/**
+ * What a process needs to run a sealed UDP network, for its role's
+ * permission flags: read access to the receive worker's modules (a Worker
+ * loads its code under the process's read permission, even from a file
+ * the main module imports) and the FFI library.
+ */
+export function sealedUdpPermissions(): { read: string[]; ffi: string[] } {
+  return {
+    read: [
+      new URL("./_receive_worker.ts", import.meta.url).pathname,
+      new URL("../../../ffi/native.ts", import.meta.url).pathname,
+    ],
+    ffi: [libraryPath],
+  };
+}
 
 /** Options of {@link SealedUdpNetwork.create}. */
 export interface SealedUdpNetworkOptions {

@@ -2,8 +2,17 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { type MessageConnection, TransportClosedError } from "../transport.ts";
 import { VatIdentity } from "../vat_id.ts";
-import { SealedUdpNetwork, type SealedUdpNetworkOptions } from "./network.ts";
-import { udpClose, udpOpen, udpSendBatch } from "../../../ffi/native.ts";
+import {
+  SealedUdpNetwork,
+  type SealedUdpNetworkOptions,
+  sealedUdpPermissions,
+} from "./network.ts";
+import {
+  udpClose,
+  udpLocalPort,
+  udpOpen,
+  udpSendBatch,
+} from "../../../ffi/native.ts";
 import { parseAddress } from "./directory.ts";
 import { Relay, waitFor } from "./_testing.ts";
 
@@ -427,4 +436,43 @@ Deno.test("fuzzed datagrams at a live vat never crash it or disturb its connecti
     await b.close();
     await relay.close();
   }
+});
+
+Deno.test("a directory update at runtime redirects a connection, and what was queued arrives", async () => {
+  const [a, b] = await pair();
+  // A port nobody listens on: packets sent there are lost.
+  const nowhere = udpOpen(0x7f000001, 0);
+  try {
+    const port = udpLocalPort(nowhere);
+    udpClose(nowhere);
+    a.directory.set(b.vatId, `127.0.0.1:${port}`);
+    const ab = a.connect(b.vatId);
+    for (let i = 0; i < 5; i++) ab.send(patterned(i, 3000));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(b.metrics().datagramsReceived, 0);
+
+    a.directory.set(b.vatId, b.address);
+    const ba = await b.accept();
+    await expectMessages(ba, 0, 5, 3000);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+Deno.test("a vat runs with only the permissions sealedUdpPermissions names", async () => {
+  const { read, ffi } = sealedUdpPermissions();
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      `--allow-read=${read.join(",")}`,
+      `--allow-ffi=${ffi.join(",")}`,
+      new URL("./testdata/minimal_vat.ts", import.meta.url).pathname,
+    ],
+  }).output();
+  const text = new TextDecoder().decode(output.stdout) +
+    new TextDecoder().decode(output.stderr);
+  assert.equal(output.code, 0, text);
+  assert.match(text, /bound 127\.0\.0\.1:\d+/);
 });
