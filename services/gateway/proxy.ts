@@ -23,6 +23,8 @@ export interface GrainRoute {
   expiresAt: number;
   userId: string;
   userName: string;
+  /** The app's permission flags for this session. */
+  permissions?: boolean[];
 }
 
 /** Options of {@link Gateway}. */

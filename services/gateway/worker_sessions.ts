@@ -86,9 +86,9 @@ export class WorkerSessions {
       try {
         return await openWebSession(view, {
           displayName: route.userName,
-          // Two permissions, as the default roles declare them: write,
-          // then view.
-          permissions: [route.canWrite, true],
+          // From the shell; without it, the default roles' two flags:
+          // write, then view.
+          permissions: route.permissions ?? [route.canWrite, true],
         }, { basePath: baseUrl });
       } finally {
         rpc.release(view);

@@ -18,7 +18,7 @@
  *
  * @module
  */
-import type { Grain } from "./repo/types.ts";
+import type { AppRole, Grain } from "./repo/types.ts";
 
 /** Raised when a grain cannot be opened; the message is for people. */
 export class GrainUnavailableError extends Error {
@@ -53,6 +53,9 @@ export interface GrainRunner {
   destroy(grainId: string): Promise<void>;
   /** Resource use, for the admin page; undefined if the runner has none. */
   usage?(): Promise<RunnerUsage | undefined>;
+  /** The roles a running grain's app declares (UiView.getViewInfo); an
+   * empty list if it declares none. */
+  declaredRoles?(grainId: string): Promise<AppRole[]>;
 }
 
 /** A runner for a shell with no worker to run grains on. */

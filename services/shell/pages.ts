@@ -357,9 +357,11 @@ export function grainPage(options: {
     `
     : html`<span class="muted">Shared with you as ${options.roleTitle}</span>`;
   const roleOptions = options.roles.map((role, i) =>
-    html`<option value="${i}">${role.title}${
-      role.canWrite ? "" : " (read only)"
-    }</option>`
+    role.obsolete
+      ? ""
+      : html`<option value="${i}">${role.title}${
+        role.canWrite ? "" : " (read only)"
+      }</option>`
   );
   const shareRows = options.shares.filter((s) => !s.revoked).map((s) =>
     html`

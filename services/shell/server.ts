@@ -236,6 +236,24 @@ export function createShellHandler(options: ShellOptions) {
     return { role, roleIndex: share.roleIndex, isOwner: false };
   }
 
+  /** Packages whose app was asked for its roles by this replica. */
+  const rolesAsked = new Set<string>();
+
+  /** Records the roles the app declares, once per package and replica, so
+   * that share links offer them instead of the defaults. */
+  async function learnRoles(grain: Grain): Promise<void> {
+    if (runner.declaredRoles === undefined) return;
+    if (rolesAsked.has(grain.packageId)) return;
+    rolesAsked.add(grain.packageId);
+    try {
+      const roles = await runner.declaredRoles(grain.id);
+      if (roles.length > 0) await repo.setPackageRoles(grain.packageId, roles);
+    } catch (error) {
+      rolesAsked.delete(grain.packageId);
+      log.warn("view-info-failed", { grain: grain.id, error });
+    }
+  }
+
   /** Starts a web session on a fresh hostname and returns its URL. */
   async function openSession(
     grain: Grain,
@@ -243,6 +261,7 @@ export function createShellHandler(options: ShellOptions) {
     access: Access,
   ): Promise<string> {
     const backend = await runner.open(grain, packages.pathOf(grain.packageId));
+    await learnRoles(grain);
     const now = Date.now();
     const hostLabel = randomHostLabel();
     await repo.createGrainSession({
@@ -693,7 +712,10 @@ export function createShellHandler(options: ShellOptions) {
     const user = session.userId
       ? await repo.getUser(session.userId)
       : undefined;
+    const grain = await repo.getGrain(session.grainId);
+    const pkg = grain && await repo.getPackage(grain.packageId);
     return json({
+      permissions: sessionPermissions(pkg?.roles ?? [], session.roleIndex),
       backend: session.backend,
       grainId: session.grainId,
       canWrite: session.canWrite,
@@ -745,6 +767,26 @@ export function createShellHandler(options: ShellOptions) {
       return new Response("internal error", { status: 500 });
     }
   };
+}
+
+/**
+ * The permission flags a session passes to the app: the role's own for a
+ * role the app declares; every flag for the owner (roleIndex -1); and for
+ * the default roles, [write, view] with write only for the editor.
+ */
+export function sessionPermissions(
+  roles: AppRole[],
+  roleIndex: number,
+): boolean[] {
+  const declared = roles.some((role) => role.permissions !== undefined);
+  if (roleIndex < 0) {
+    const count = Math.max(2, ...roles.map((r) => r.permissions?.length ?? 0));
+    return new Array(count).fill(true);
+  }
+  const role = roles[roleIndex];
+  if (role === undefined) return [];
+  if (declared) return role.permissions ?? [];
+  return [role.canWrite, true];
 }
 
 /** Creates a local account; throws ConflictError if the name is taken. */

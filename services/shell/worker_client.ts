@@ -22,7 +22,7 @@ import {
   GrainUnavailableError,
   type RunnerUsage,
 } from "./grain_runner.ts";
-import type { Grain } from "./repo/types.ts";
+import type { AppRole, Grain } from "./repo/types.ts";
 
 /** Largest package sent in one installPackage call: the RPC engine's
  * message limit is 64 MiB, less room for the message around it. */
@@ -182,6 +182,31 @@ export class WorkerGrainRunner implements GrainRunner {
       };
     } catch {
       return undefined;
+    }
+  }
+
+  /** The roles the grain's app declares in its view info. */
+  async declaredRoles(grainId: string): Promise<AppRole[]> {
+    const worker = await this.#connect();
+    const result = await worker.getView((p) => p.grainId = grainId).promise();
+    const view = rpc.retain(result.view);
+    try {
+      const info = await view.getViewInfo().promise();
+      const permissionCount = info.permissions.length;
+      return [...info.roles].map((role) => {
+        const flags = [...role.permissions];
+        while (flags.length < permissionCount) flags.push(false);
+        return {
+          title: role._hasTitle() && role.title.defaultText !== ""
+            ? role.title.defaultText
+            : "unnamed role",
+          canWrite: true,
+          permissions: flags,
+          ...(role.obsolete ? { obsolete: true } : {}),
+        };
+      });
+    } finally {
+      rpc.release(view);
     }
   }
 

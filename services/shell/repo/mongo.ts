@@ -16,6 +16,7 @@
  */
 import { type Collection, type Db, MongoClient } from "mongodb";
 import {
+  type AppRole,
   type Claim,
   ConflictError,
   type Grain,
@@ -191,6 +192,10 @@ export class MongoRepository implements ShellRepository {
 
   async deletePackage(id: string): Promise<void> {
     await this.#c("packages").deleteOne({ id });
+  }
+
+  async setPackageRoles(id: string, roles: AppRole[]): Promise<void> {
+    await this.#c("packages").updateOne({ id }, { $set: { roles } });
   }
 
   async install(install: Install): Promise<void> {

@@ -145,6 +145,12 @@ for (const [backend, open] of backends) {
     assert.equal((await repo.listInstalls("u2")).length, 0);
     await repo.uninstall("u1", "pkg1");
     assert.equal((await repo.listInstalls("u1")).length, 0);
+    const declared = [
+      { title: "reader", canWrite: true, permissions: [false, true] },
+      { title: "old", canWrite: true, permissions: [true], obsolete: true },
+    ];
+    await repo.setPackageRoles("pkg1", declared);
+    assert.deepEqual((await repo.getPackage("pkg1"))?.roles, declared);
     await repo.deletePackage("pkg1");
     assert.equal(await repo.getPackage("pkg1"), undefined);
   });

@@ -9,6 +9,7 @@
 /// <reference path="./node_sqlite.d.ts" />
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
 import {
+  type AppRole,
   type Claim,
   ConflictError,
   type Grain,
@@ -312,6 +313,15 @@ export class SqliteRepository implements ShellRepository {
 
   deletePackage(id: string): Promise<void> {
     this.#run("delete from packages where id = ?", id);
+    return Promise.resolve();
+  }
+
+  setPackageRoles(id: string, roles: AppRole[]): Promise<void> {
+    this.#run(
+      "update packages set roles = ? where id = ?",
+      JSON.stringify(roles),
+      id,
+    );
     return Promise.resolve();
   }
 

@@ -35,11 +35,20 @@ export interface LoginSession {
   expiresAt: number;
 }
 
-/** A role an app declares (Sandstorm's `roles` in the view info). */
+/** A role an app declares (Sandstorm's `roles` in the view info), or one
+ * of the two default roles for apps that declare none. */
 export interface AppRole {
   title: string;
-  /** Whether holders may change the grain; a viewer role may not. */
+  /** False makes the gateway refuse every request that could change the
+   * grain (all but GET, HEAD and OPTIONS). True for the default editor
+   * and for every role an app declares: such apps enforce their own
+   * permissions. */
   canWrite: boolean;
+  /** The app's permission flags this role grants, passed to the app with
+   * each session; absent for the default roles. */
+  permissions?: boolean[];
+  /** An app role kept for existing links but no longer offered. */
+  obsolete?: boolean;
 }
 
 /** What the shell keeps of a package's manifest. */
@@ -164,6 +173,8 @@ export interface ShellRepository {
   getPackage(id: string): Promise<PackageInfo | undefined>;
   listPackages(): Promise<PackageInfo[]>;
   deletePackage(id: string): Promise<void>;
+  /** Replaces a package's roles with the ones its app declares. */
+  setPackageRoles(id: string, roles: AppRole[]): Promise<void>;
 
   /** Installs a package for a user; installing again is a no-op. */
   install(install: Install): Promise<void>;
