@@ -541,23 +541,17 @@ export class RpcConnection {
   // ---- receiving ---------------------------------------------------------
 
   async #run(): Promise<void> {
+    // A transport may hand over messages it already holds without waiting
+    // (StreamConnection does); a burst is then handled in one turn.
+    const tryReceive = (this.transport as {
+      tryReceive?: () => Uint8Array | undefined;
+    }).tryReceive?.bind(this.transport);
     for (;;) {
       let bytes: Uint8Array | null;
       try {
         bytes = await this.transport.receive();
       } catch (error) {
-        if ((error as { badInput?: boolean }).badInput === true) {
-          this.metrics.badMessages++;
-          this.abort(new RpcProtocolError(`bad frame from peer: ${error}`));
-        } else if (error instanceof RpcError) {
-          this.abort(error);
-        } else {
-          this.#shutdown(
-            new RpcError("disconnected", `transport broke: ${error}`, {
-              cause: error,
-            }),
-          );
-        }
+        this.#receiveFailed(error);
         return;
       }
       if (this.#error !== undefined) return;
@@ -565,21 +559,52 @@ export class RpcConnection {
         this.#shutdown(new RpcError("disconnected", "peer closed"));
         return;
       }
-      this.metrics.messagesReceived++;
-      try {
-        this.#handle(bytes);
-      } catch (error) {
-        this.metrics.badMessages++;
-        const failure = error instanceof RpcProtocolError
-          ? error
-          : new RpcProtocolError(`bad message from peer: ${error}`, {
-            cause: error,
-          });
-        this.abort(failure);
-        return;
+      if (!this.#handleOne(bytes)) return;
+      while (tryReceive !== undefined) {
+        let next: Uint8Array | undefined;
+        try {
+          next = tryReceive();
+        } catch (error) {
+          this.#receiveFailed(error);
+          return;
+        }
+        if (next === undefined) break;
+        if (!this.#handleOne(next)) return;
       }
-      if (this.#error !== undefined) return;
     }
+  }
+
+  #receiveFailed(error: unknown): void {
+    if ((error as { badInput?: boolean }).badInput === true) {
+      this.metrics.badMessages++;
+      this.abort(new RpcProtocolError(`bad frame from peer: ${error}`));
+    } else if (error instanceof RpcError) {
+      this.abort(error);
+    } else {
+      this.#shutdown(
+        new RpcError("disconnected", `transport broke: ${error}`, {
+          cause: error,
+        }),
+      );
+    }
+  }
+
+  /** Handles one message; false once the connection has ended. */
+  #handleOne(bytes: Uint8Array): boolean {
+    this.metrics.messagesReceived++;
+    try {
+      this.#handle(bytes);
+    } catch (error) {
+      this.metrics.badMessages++;
+      const failure = error instanceof RpcProtocolError
+        ? error
+        : new RpcProtocolError(`bad message from peer: ${error}`, {
+          cause: error,
+        });
+      this.abort(failure);
+      return false;
+    }
+    return this.#error === undefined;
   }
 
   #handle(bytes: Uint8Array): void {

@@ -129,19 +129,41 @@ export class StreamConnection implements MessageConnection {
     }
   }
 
+  /**
+   * The next message if a whole one is already buffered, else undefined,
+   * without waiting: the RPC engine drains a burst of messages (many
+   * returns in one read) in one turn, so that the calls they trigger leave
+   * in one write. Throws like {@link receive} on a bad frame.
+   */
+  tryReceive(): Uint8Array | undefined {
+    if (this.#error !== undefined || this.#closed) return undefined;
+    const length = this.#bufferedFrame();
+    if (length < 0 || this.#end - this.#start < length) return undefined;
+    const start = this.#start;
+    this.#start += length;
+    return this.#buffer.slice(start, start + length);
+  }
+
+  /** The length of the frame at the read position, or -1 if unknown yet. */
+  #bufferedFrame(): number {
+    try {
+      return frameLength(
+        this.#buffer.subarray(this.#start, this.#end),
+        this.maxMessageBytes,
+      );
+    } catch (error) {
+      this.#metrics.badFrames++;
+      this.#fail(error as FrameError);
+      throw error;
+    }
+  }
+
   async receive(): Promise<Uint8Array | null> {
     for (;;) {
       if (this.#error !== undefined) throw this.#error;
       if (this.#closed) return null;
+      const length = this.#bufferedFrame();
       const available = this.#buffer.subarray(this.#start, this.#end);
-      let length: number;
-      try {
-        length = frameLength(available, this.maxMessageBytes);
-      } catch (error) {
-        this.#metrics.badFrames++;
-        this.#fail(error as FrameError);
-        throw error;
-      }
       if (length >= 0 && available.length >= length) {
         this.#start += length;
         return available.slice(0, length);
