@@ -6,10 +6,11 @@
  * the answer "send this session's HTTP to here", which it records so that
  * the gateway can route the session's hostname.
  *
- * Two runners exist: `none`, which refuses to open grains with a clear
- * message (the shell still signs in, installs apps and manages grains),
- * and `http`, which talks to a runner service over a small JSON protocol
- * on loopback:
+ * Three runners exist: `worker` (worker_client.ts), which starts grains
+ * on a worker role over proto/worker.capnp; `none`, which refuses to open
+ * grains with a clear message (the shell still signs in, installs apps and
+ * manages grains); and `http`, which talks to a runner service over a
+ * small JSON protocol on loopback (the tests' wiring uses it):
  *
  *   POST   {url}/grains/{id}/open   {packageId, packagePath, canWrite}
  *                                   -> {backend: "http://host:port/prefix"}
