@@ -50,7 +50,7 @@ export async function startCoordinator(options: {
     overrides: [
       `listen.port=${port}`,
       `stateFile=${options.stateFile}`,
-      `heartbeatTimeoutMs=${options.heartbeatTimeoutMs ?? 1500}`,
+      `heartbeatTimeoutMs=${options.heartbeatTimeoutMs ?? 3000}`,
       `checkIntervalMs=${options.checkIntervalMs ?? 100}`,
     ],
   });
