@@ -199,6 +199,9 @@ Deno.test({
         );
       }
       assert.deepEqual([...seen].sort(), ["shell-a", "shell-b"]);
+      // The shells' internal route lookup is not reachable from outside.
+      const internal = await get(`${url}/_blackrock/route?host=${label}`);
+      assert.equal(internal.status, 404);
 
       // Shell b leaves: requests go to a only, and nginx is reloaded
       // with a configuration that no longer names b.

@@ -160,6 +160,10 @@ export class Gateway {
 
   /** Forwards to shells in turn, trying the next one if one is down. */
   async #toShell(request: Request): Promise<Response> {
+    // The shells' internal API is for gateways only, never for browsers.
+    if (new URL(request.url).pathname.startsWith("/_blackrock/")) {
+      return text("not found", 404);
+    }
     const shells = this.shells();
     if (shells.length === 0) return text("no shell is running", 503);
     const url = new URL(request.url);
