@@ -36,4 +36,13 @@ int32_t br_ed25519_seed_to_x25519(uint8_t *x_sk, const uint8_t *ed_seed);
  * Returns 0 or -errno. */
 int32_t br_punch_blocks(const char *path, uint32_t first_block, uint32_t block_count);
 
+/* Positional file I/O for the block daemon's cache and directory store.
+ * br_file_open returns a descriptor or -errno; the others 0 or -errno.
+ * Deno calls br_pread/br_pwrite both directly and on its blocking thread
+ * pool, so that large copies run beside the event loop. */
+int32_t br_file_open(const char *path, int32_t writable);
+int32_t br_file_close(int32_t fd);
+int32_t br_pread(int32_t fd, uint8_t *buf, uint32_t len, uint64_t offset);
+int32_t br_pwrite(int32_t fd, const uint8_t *buf, uint32_t len, uint64_t offset);
+
 #endif

@@ -195,9 +195,11 @@ Deno.test("a write landing during a fetch of the same block wins", async () => {
     try {
       const target = new Uint8Array(4 * 4096);
       const reading = cache.read(0, target);
-      await cache.write(4096, filled(4096, 2), false);
+      // Issued while the fetch is in flight; it must not be overwritten by
+      // the older data the fetch brings.
+      const writing = cache.write(4096, filled(4096, 2), false);
       release.resolve();
-      await reading;
+      await Promise.all([reading, writing]);
       const after = new Uint8Array(4 * 4096);
       await cache.read(0, after);
       assert.deepEqual(after.subarray(4096, 8192), filled(4096, 2));
