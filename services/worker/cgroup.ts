@@ -208,6 +208,14 @@ export class CgroupTree {
     return await Promise.resolve(new CgroupTree(version, path));
   }
 
+  /** A handle on a child group that may already exist (for clean-up). */
+  adopt(grainName: string): GrainCgroup {
+    if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {
+      throw new RangeError(`bad grain cgroup ${JSON.stringify(grainName)}`);
+    }
+    return new GrainCgroup(this.version, `${this.path}/${grainName}`);
+  }
+
   /** Makes the group for one grain with a hard memory limit. */
   async create(grainName: string, limitBytes: number): Promise<GrainCgroup> {
     if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {

@@ -178,7 +178,32 @@ export class GrainManager {
     const cgroups = await CgroupTree.open(options.cgroupName);
     const manager = new GrainManager(options, log, cgroups, seccompFile);
     await manager.#loadPackages();
+    await manager.#clearLeftovers();
     return manager;
+  }
+
+  /**
+   * A worker that died left its grains' processes, cgroups and warm slots
+   * behind. Their names are known from the state directory (grains/ID and
+   * slots/NAME), so each is killed, unmounted and removed.
+   */
+  async #clearLeftovers(): Promise<void> {
+    const { stateDir } = this.options;
+    for await (const entry of Deno.readDir(`${stateDir}/slots`)) {
+      const slotDir = `${stateDir}/slots/${entry.name}`;
+      await this.#cgroups.adopt(entry.name).remove();
+      while (detachMount(slotDir)) { /* until nothing is mounted */ }
+      await Deno.remove(slotDir, { recursive: true });
+      this.#log.warn("leftover-cleared", { slot: entry.name });
+    }
+    for await (const entry of Deno.readDir(`${stateDir}/grains`)) {
+      if (!GRAIN_ID.test(entry.name)) continue;
+      const cgroup = this.#cgroups.adopt(`grain-${entry.name}`);
+      if ((await cgroup.pids()).length > 0) {
+        this.#log.warn("leftover-cleared", { grainId: entry.name });
+      }
+      await cgroup.remove();
+    }
   }
 
   async #loadPackages(): Promise<void> {

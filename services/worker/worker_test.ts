@@ -180,3 +180,52 @@ Deno.test("the worker process installs, starts, stops, restores, lists and delet
     await Deno.remove(stateDir, { recursive: true });
   }
 });
+
+Deno.test("a worker restarted after being killed clears its predecessor's sandboxes, mounts and cgroups", async () => {
+  const stateDir = await Deno.makeTempDir({ prefix: "worker-crash-test-" });
+  const cgroupDir = `/sys/fs/cgroup/memory/blackrock-worker-test-${Deno.pid}`;
+  let { child, port } = await startWorker(stateDir);
+  try {
+    const connection = new rpc.RpcConnection(
+      await rpc.connectTcp({ hostname: "127.0.0.1", port }),
+    );
+    const worker = rpc.bootstrap(connection, Worker);
+    const spk = Deno.readFileSync(apps.notesSpk);
+    const installed = await worker.installPackage((p) => {
+      p._initSpk(spk.length).copyBuffer(spk);
+    }).promise();
+    const started = await worker.newGrain((p) => {
+      p.grainId = "left-behind";
+      p._initSpec().packageId = installed.packageId;
+    }).promise();
+    rpc.release(started.view);
+    // The worker keeps a warm sandbox per started package: wait for it.
+    for (let i = 0; i < 500; i++) {
+      if ([...Deno.readDirSync(`${stateDir}/slots`)].length > 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.ok(
+      (await Deno.readTextFile("/proc/self/mountinfo")).includes(
+        `${stateDir}/slots/`,
+      ),
+    );
+    rpc.release(worker);
+    connection.close();
+
+    child.kill("SIGKILL");
+    await child.status;
+    assert.ok(Deno.statSync(`${cgroupDir}/grain-left-behind`).isDirectory);
+
+    ({ child, port } = await startWorker(stateDir));
+    const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+    assert.ok(!mounts.includes(`${stateDir}/slots/`), "slots unmounted");
+    assert.deepEqual([...Deno.readDirSync(`${stateDir}/slots`)], []);
+    const groups = [...Deno.readDirSync(cgroupDir)]
+      .filter((entry) => entry.isDirectory).map((entry) => entry.name);
+    assert.deepEqual(groups, []);
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
