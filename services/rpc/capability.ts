@@ -240,6 +240,16 @@ export abstract class Ans implements CapnpAnswer<$.Struct> {
     return this.pipelineCap(transform).call(call);
   }
 
+  /** Calls `callback` once the answer has settled either way. */
+  onSettled(callback: () => void): void {
+    this.results().then(callback, callback);
+  }
+
+  /** The outcome if the answer has already settled, without waiting. */
+  peek(): { root?: $.Pointer; error?: RpcError } | undefined {
+    return undefined;
+  }
+
   /** What generated code calls when a pipelined client is closed: the
    * capability at that path is released once the results settle. */
   pipelineClose(transform: PipelineOp[]): void {
@@ -364,20 +374,11 @@ export class PromisedAnswer extends Ans {
   #root: $.Pointer | undefined;
   #error: RpcError | undefined;
   #inner: Ans | undefined;
-  #pipelines = new Map<string, PromiseCap>();
-  readonly #results: Promise<$.Pointer>;
-  #resolve!: (root: $.Pointer) => void;
-  #reject!: (error: RpcError) => void;
-
-  constructor() {
-    super();
-    this.#results = quiet(
-      new Promise((resolve, reject) => {
-        this.#resolve = resolve;
-        this.#reject = reject;
-      }),
-    );
-  }
+  // Made on first use: most answers are never pipelined on, and a server
+  // answer's outcome is read through onSettled/peek without a promise.
+  #pipelines: Map<string, PromiseCap> | undefined;
+  #deferred: PromiseWithResolvers<$.Pointer> | undefined;
+  #listeners: (() => void)[] | undefined;
 
   get settled(): boolean {
     return this.#root !== undefined || this.#error !== undefined ||
@@ -385,7 +386,27 @@ export class PromisedAnswer extends Ans {
   }
 
   results(): Promise<$.Pointer> {
-    return this.#results;
+    if (this.#inner !== undefined) return this.#inner.results();
+    if (this.#root !== undefined) return Promise.resolve(this.#root);
+    if (this.#error !== undefined) return quiet(Promise.reject(this.#error));
+    if (this.#deferred === undefined) {
+      this.#deferred = Promise.withResolvers();
+      quiet(this.#deferred.promise);
+    }
+    return this.#deferred.promise;
+  }
+
+  onSettled(callback: () => void): void {
+    if (this.#inner !== undefined) this.#inner.onSettled(callback);
+    else if (this.#root !== undefined || this.#error !== undefined) callback();
+    else (this.#listeners ??= []).push(callback);
+  }
+
+  peek(): { root?: $.Pointer; error?: RpcError } | undefined {
+    if (this.#inner !== undefined) return this.#inner.peek();
+    if (this.#root !== undefined) return { root: this.#root };
+    if (this.#error !== undefined) return { error: this.#error };
+    return undefined;
   }
 
   pipelineCap(transform: Transform): Cap {
@@ -393,6 +414,7 @@ export class PromisedAnswer extends Ans {
     if (this.#root !== undefined) return capabilityAt(this.#root, transform);
     if (this.#error !== undefined) return new BrokenCap(this.#error);
     const key = transformKey(transform);
+    this.#pipelines ??= new Map();
     let cap = this.#pipelines.get(key);
     if (cap === undefined) {
       cap = new PromiseCap();
@@ -405,31 +427,51 @@ export class PromisedAnswer extends Ans {
   fulfill(root: $.Pointer): void {
     if (this.settled) return;
     this.#root = root;
-    for (const [key, cap] of this.#pipelines) {
-      cap.resolve(capabilityAt(root, parseKey(key)), { borrowed: true });
+    if (this.#pipelines !== undefined) {
+      for (const [key, cap] of this.#pipelines) {
+        cap.resolve(capabilityAt(root, parseKey(key)), { borrowed: true });
+      }
+      this.#pipelines = undefined;
     }
-    this.#pipelines.clear();
-    this.#resolve(root);
+    this.#deferred?.resolve(root);
+    this.#notify();
   }
 
   /** Settles with an error. */
   fail(error: RpcError): void {
     if (this.settled) return;
     this.#error = error;
-    for (const cap of this.#pipelines.values()) cap.reject(error);
-    this.#pipelines.clear();
-    this.#reject(error);
+    if (this.#pipelines !== undefined) {
+      for (const cap of this.#pipelines.values()) cap.reject(error);
+      this.#pipelines = undefined;
+    }
+    this.#deferred?.reject(error);
+    this.#notify();
   }
 
   /** Settles as whatever `inner` settles as; pipelines move over now. */
   forward(inner: Ans): void {
     if (this.settled) return;
     this.#inner = inner;
-    for (const [key, cap] of this.#pipelines) {
-      cap.resolve(inner.pipelineCap(parseKey(key)), { borrowed: true });
+    if (this.#pipelines !== undefined) {
+      for (const [key, cap] of this.#pipelines) {
+        cap.resolve(inner.pipelineCap(parseKey(key)), { borrowed: true });
+      }
+      this.#pipelines = undefined;
     }
-    this.#pipelines.clear();
-    inner.results().then(this.#resolve, this.#reject);
+    const deferred = this.#deferred;
+    if (deferred !== undefined) {
+      inner.results().then(deferred.resolve, deferred.reject);
+    }
+    const listeners = this.#listeners;
+    this.#listeners = undefined;
+    for (const listener of listeners ?? []) inner.onSettled(listener);
+  }
+
+  #notify(): void {
+    const listeners = this.#listeners;
+    this.#listeners = undefined;
+    for (const listener of listeners ?? []) listener();
   }
 }
 

@@ -757,11 +757,14 @@ export class RpcConnection {
     const answer = target.send(dataCall);
     entry.answer = answer;
     entry.redirected = redirected;
-    const done = () => {
-      for (const cap of caps) cap.close();
-      this.#sendReturn(questionId, entry);
-    };
-    answer.results().then(done, done).catch((error) => this.#failed(error));
+    answer.onSettled(() => {
+      try {
+        for (const cap of caps) cap.close();
+        this.#sendReturn(questionId, entry);
+      } catch (error) {
+        this.#failed(error);
+      }
+    });
   }
 
   /** An engine bug met on a callback path: end this connection, never
@@ -1026,6 +1029,11 @@ export class RpcConnection {
     }
     if (answer instanceof BrokenAnswer) {
       build(undefined, answer.error);
+      return;
+    }
+    const outcome = answer.peek();
+    if (outcome !== undefined) {
+      build(outcome.root, outcome.error);
       return;
     }
     answer.results().then(
