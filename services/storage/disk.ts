@@ -20,8 +20,10 @@ export type WriteCondition =
 
 /** One object read from a disk. */
 export interface DiskObject {
+  /** The caller's own copy of the bytes. */
   data: Uint8Array;
-  /** Changes whenever the object is replaced; used with `ifMatch`. */
+  /** Changes whenever the object is replaced; used with `ifMatch`. Read
+   * it before changing `data`: a disk may compute it from the bytes. */
   etag: string;
 }
 
@@ -167,8 +169,9 @@ export class LocalDisk implements Disk {
       throw new DiskError(`cannot read ${name}`, { cause: error });
     }
     // Hashing is left until a conditional write asks for the ETag: most
-    // reads (blob and volume chunks) never need it.
-    let etag: string | undefined;
+    // reads (blob and volume chunks) never need it. Small objects (heads,
+    // records: the ones written conditionally) are hashed at once.
+    let etag = data.length <= 65536 ? contentEtag(data) : undefined;
     return {
       data,
       get etag() {

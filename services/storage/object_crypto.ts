@@ -26,7 +26,8 @@ export const OBJECT_KEY_BYTES = 32;
 /** The last byte of every sealed piece: the format version. */
 const FORMAT = 1;
 
-/** Bytes a sealed piece adds to its plaintext. */
+/** Bytes a sealed piece adds to its plaintext, besides its associated
+ * data. */
 export const SEAL_OVERHEAD_BYTES = 1 + NONCE_BYTES + TAG_BYTES;
 
 const encoder = new TextEncoder();
@@ -110,9 +111,10 @@ function associatedData(binding: PieceBinding): Uint8Array {
 
 /**
  * Seals plaintext for the piece; the result is what goes on disk:
- * `ciphertext || tag || nonce || format`. The nonce and format byte come
- * last so that the ciphertext can be sealed in place right after the
- * associated data, with one copy of the plaintext and none of the result.
+ * `associatedData || ciphertext || tag || nonce || format`. Keeping the
+ * associated data (the object ID and piece name, which the disk knows
+ * anyway from the name) in front lets both sealing and opening work in
+ * place: one copy of the plaintext to seal, none to open.
  */
 export function sealPiece(
   key: Uint8Array,
@@ -141,48 +143,53 @@ export function sealPiece(
     });
     if (failed !== 0) throw new Error(`seal failed with status ${status[0]}`);
   }
-  return buffer.subarray(ad.length);
+  return buffer;
 }
 
-/** Opens a piece sealed by {@link sealPiece}; throws CorruptObjectError if
- * it was changed, cut short, or belongs to another piece or object. */
+/** Opens a piece sealed by {@link sealPiece}, in place (`stored` is
+ * overwritten with the plaintext); throws CorruptObjectError if it was
+ * changed, cut short, or belongs to another piece or object. */
 export function openPiece(
   key: Uint8Array,
   binding: PieceBinding,
   stored: Uint8Array,
   mode: SealMode = "aead",
 ): Uint8Array {
+  const ad = associatedData(binding);
+  const where = `piece ${binding.piece} of object ${binding.objectId}`;
   if (
-    stored.length < SEAL_OVERHEAD_BYTES ||
+    stored.length < ad.length + SEAL_OVERHEAD_BYTES ||
     stored[stored.length - 1] !== FORMAT
   ) {
     throw new CorruptObjectError(
-      `piece ${binding.piece} of object ${binding.objectId} is truncated or ` +
-        `of unknown format (${stored.length} bytes)`,
+      `${where} is truncated or of unknown format (${stored.length} bytes)`,
     );
   }
-  const ad = associatedData(binding);
-  const length = stored.length - SEAL_OVERHEAD_BYTES;
-  const nonceOffset = length + TAG_BYTES;
-  const nonce = stored.slice(nonceOffset, nonceOffset + NONCE_BYTES);
-  const buffer = new Uint8Array(ad.length + length + TAG_BYTES);
-  buffer.set(ad, 0);
-  buffer.set(stored.subarray(0, length + TAG_BYTES), ad.length);
-  if (mode === "copy") return buffer.subarray(ad.length, ad.length + length);
-  const status = new Uint8Array(1);
-  openBatch({
-    buffer,
-    descriptors: new Uint32Array([0, ad.length, length, 0]),
-    nonces: nonce,
-    keys: key,
-    count: 1,
-    status,
-  });
-  if (status[0] !== PacketStatus.Ok) {
-    throw new CorruptObjectError(
-      `piece ${binding.piece} of object ${binding.objectId} failed ` +
-        "authentication: tampered, truncated or swapped",
-    );
+  for (let i = 0; i < ad.length; i++) {
+    if (stored[i] !== ad[i]) {
+      throw new CorruptObjectError(
+        `${where} is bound to another piece: swapped or misplaced`,
+      );
+    }
   }
-  return buffer.subarray(ad.length, ad.length + length);
+  const length = stored.length - ad.length - SEAL_OVERHEAD_BYTES;
+  const nonceOffset = ad.length + length + TAG_BYTES;
+  if (mode === "aead") {
+    // Opened in place: the bytes are this call's own copy from the disk.
+    const status = new Uint8Array(1);
+    openBatch({
+      buffer: stored,
+      descriptors: new Uint32Array([0, ad.length, length, 0]),
+      nonces: stored.slice(nonceOffset, nonceOffset + NONCE_BYTES),
+      keys: key,
+      count: 1,
+      status,
+    });
+    if (status[0] !== PacketStatus.Ok) {
+      throw new CorruptObjectError(
+        `${where} failed authentication: tampered, truncated or swapped`,
+      );
+    }
+  }
+  return stored.subarray(ad.length, ad.length + length);
 }

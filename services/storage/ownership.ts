@@ -101,14 +101,16 @@ export class Ownership {
       this.#cache.delete(id);
       return null;
     }
+    // The ETag first: opening in place changes the bytes it is made from.
+    const etag = stored.etag;
     const plain = openPiece(
       this.#key,
       { objectId: id, piece: "meta" },
       stored.data,
     );
     const record = JSON.parse(decoder.decode(plain)) as OwnershipRecord;
-    this.#remember(id, record, stored.etag);
-    return { record, etag: stored.etag };
+    this.#remember(id, record, etag);
+    return { record, etag };
   }
 
   #seal(id: string, record: OwnershipRecord): Uint8Array {

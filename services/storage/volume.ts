@@ -231,13 +231,15 @@ export class VolumeReader {
       }
       throw new CorruptObjectError(`head of volume ${this.id} is missing`);
     }
+    // The ETag first: opening in place changes the bytes it is made from.
+    const etag = stored.etag;
     const plain = openPiece(
       this.contentKey,
       { objectId: this.id, piece: "head" },
       stored.data,
       this.context.sealMode,
     );
-    return { head: JSON.parse(decoder.decode(plain)), etag: stored.etag };
+    return { head: JSON.parse(decoder.decode(plain)), etag };
   }
 
   async loadPage(head: VolumeHead, pageIndex: number): Promise<Page> {
