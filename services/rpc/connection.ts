@@ -1236,20 +1236,14 @@ class Question extends Ans {
   paramExports: number[] = [];
   #root: $.Pointer | undefined;
   #error: RpcError | undefined;
-  #pipelines = new Map<string, PipelineCap>();
+  // Made on first use: a call that is only pipelined on is never awaited,
+  // and most calls are never pipelined on.
+  #pipelines: Map<string, PipelineCap> | undefined;
   #adopted: Ans | undefined;
-  readonly #results: Promise<$.Pointer>;
-  #resolve!: (root: $.Pointer) => void;
-  #reject!: (error: RpcError) => void;
+  #deferred: PromiseWithResolvers<$.Pointer> | undefined;
 
   constructor(readonly connection: RpcConnection, readonly id: number) {
     super();
-    this.#results = quiet(
-      new Promise((resolve, reject) => {
-        this.#resolve = resolve;
-        this.#reject = reject;
-      }),
-    );
   }
 
   /** True while the peer still holds the answer (pipelining allowed). */
@@ -1258,12 +1252,24 @@ class Question extends Ans {
   }
 
   results(): Promise<$.Pointer> {
-    return this.#results;
+    if (this.#root !== undefined) return Promise.resolve(this.#root);
+    if (this.#error !== undefined) return quiet(Promise.reject(this.#error));
+    if (this.#deferred === undefined) {
+      this.#deferred = Promise.withResolvers();
+      quiet(this.#deferred.promise);
+    }
+    return this.#deferred.promise;
+  }
+
+  peek(): { root?: $.Pointer; error?: RpcError } | undefined {
+    if (this.#root !== undefined) return { root: this.#root };
+    if (this.#error !== undefined) return { error: this.#error };
+    return undefined;
   }
 
   pipelineCap(transform: Transform): Cap {
     const key = transformKey(transform);
-    let cap = this.#pipelines.get(key);
+    let cap = this.#pipelines?.get(key);
     if (cap === undefined) {
       if (this.#root !== undefined) {
         return capabilityAt(this.#root, transform);
@@ -1273,7 +1279,7 @@ class Question extends Ans {
       }
       if (this.#error !== undefined) return new BrokenCap(this.#error);
       cap = new PipelineCap(this, [...transform]);
-      this.#pipelines.set(key, cap);
+      (this.#pipelines ??= new Map()).set(key, cap);
     }
     return cap;
   }
@@ -1282,21 +1288,21 @@ class Question extends Ans {
    * the import it settles to when closed. */
   bootstrapCap(): PipelineCap {
     const cap = new PipelineCap(this, [], true);
-    this.#pipelines.set("", cap);
+    (this.#pipelines ??= new Map()).set("", cap);
     return cap;
   }
 
   /** Settles as `other` settles (a tail call that came back to us). */
   adopt(other: Ans): void {
     this.#adopted = other;
-    for (const cap of this.#pipelines.values()) {
+    for (const cap of this.#pipelines?.values() ?? []) {
       cap.settle(other.pipelineCap(cap.transform));
     }
     this.pendingEmbargoes++;
     other.results().then(
       (root) => {
         this.#root = root;
-        this.#resolve(root);
+        this.#deferred?.resolve(root);
       },
       (error) => this.fail(toRpcError(error)),
     ).finally(() => {
@@ -1307,19 +1313,19 @@ class Question extends Ans {
 
   fulfill(root: $.Pointer): void {
     this.#root = root;
-    for (const cap of this.#pipelines.values()) {
+    for (const cap of this.#pipelines?.values() ?? []) {
       cap.settle(capabilityAt(root, cap.transform));
     }
-    this.#resolve(root);
+    this.#deferred?.resolve(root);
   }
 
   fail(error: RpcError): void {
     if (this.#root !== undefined || this.#error !== undefined) return;
     this.#error = error;
-    for (const cap of this.#pipelines.values()) {
+    for (const cap of this.#pipelines?.values() ?? []) {
       cap.settle(new BrokenCap(error));
     }
-    this.#reject(error);
+    this.#deferred?.reject(error);
   }
 }
 
