@@ -85,6 +85,10 @@ export interface RoleContext {
   /** The address the machine's roles listen on. */
   address: string;
   settings: Record<string, string>;
+  /** The role's own vat ID, hex. */
+  vatId: string;
+  /** The vat directory as the agent holds it when the role starts. */
+  directory: Directory | undefined;
 }
 
 /** How to run one role: its entry module, permissions and configuration. */
@@ -96,6 +100,9 @@ export interface RoleDefinition {
   env?: Record<string, string>;
   /** The UDP port the role's vat listens on, reported to the master. */
   port?: number;
+  /** A role that needs a peer to start (a worker needs a coordinator)
+   * waits until the directory names one. */
+  waitFor?: RoleName;
 }
 
 /** Every role this agent can run, by name. */
@@ -209,7 +216,10 @@ export class Agent {
   readonly #supervisor: Supervisor;
   readonly #roleVatIds = new Map<RoleName, string>();
   #assignment: Assignment = { version: 0, roles: [] };
+  #directory: Directory | undefined;
   #directoryVersion = 0;
+  /** The process spec of each started role and the settings it came from. */
+  #specs = new Map<RoleName, { key: string; spec: ProcessSpec }>();
   /** Serializes assignment changes so two never interleave. */
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -258,6 +268,7 @@ export class Agent {
       Directory,
       options.log,
     );
+    agent.#directory = directory;
     agent.#directoryVersion = directory?.version ?? 0;
     const assignment = await readJson(
       `${options.stateDir}/assignment.json`,
@@ -308,11 +319,17 @@ export class Agent {
     const directory = parse(Directory, value, "directory");
     if (directory.version <= this.#directoryVersion) return false;
     this.#directoryVersion = directory.version;
+    this.#directory = directory;
     await writeDurably(this.directoryFile, JSON.stringify(directory));
     this.#options.log.info("directory-updated", {
       version: directory.version,
       vats: directory.vats.length,
     });
+    if (this.#waiting()) {
+      const next = this.#queue.then(() => this.#apply(this.#assignment));
+      this.#queue = next.catch(() => {});
+      await next;
+    }
     return true;
   }
 
@@ -359,6 +376,7 @@ export class Agent {
 
   async #apply(assignment: Assignment): Promise<void> {
     const specs: ProcessSpec[] = [];
+    const kept = new Map<RoleName, { key: string; spec: ProcessSpec }>();
     for (const { role, settings } of assignment.roles) {
       const definition = this.#options.catalogue[role];
       if (definition === undefined) {
@@ -367,10 +385,38 @@ export class Agent {
         this.#options.log.error("role-unknown", { role });
         continue;
       }
-      specs.push(await this.#processSpec(role, definition, settings));
+      // A running role keeps the command it started with while its
+      // assignment is unchanged, even when the directory changes: a worker
+      // must not restart (and drop its grains) because a peer moved.
+      const key = JSON.stringify(settings);
+      const cached = this.#specs.get(role);
+      if (cached !== undefined && cached.key === key) {
+        kept.set(role, cached);
+        specs.push(cached.spec);
+        continue;
+      }
+      const waitFor = definition.waitFor;
+      if (
+        waitFor !== undefined &&
+        !(this.#directory?.vats ?? []).some((v) => v.role === waitFor)
+      ) {
+        this.#options.log.info("role-waiting", { role, for: waitFor });
+        continue;
+      }
+      const spec = await this.#processSpec(role, definition, settings);
+      kept.set(role, { key, spec });
+      specs.push(spec);
     }
+    this.#specs = kept;
     this.#assignment = assignment;
     await this.#supervisor.apply(specs);
+  }
+
+  /** Whether an assigned role waits for the directory to name a peer. */
+  #waiting(): boolean {
+    return this.#assignment.roles.some(({ role }) =>
+      this.#options.catalogue[role] !== undefined && !this.#specs.has(role)
+    );
   }
 
   async #processSpec(
@@ -381,8 +427,11 @@ export class Agent {
     const roleDir = `${this.#options.stateDir}/roles/${role}`;
     await Deno.mkdir(roleDir, { recursive: true, mode: 0o700 });
     const vatKeyFile = `${roleDir}/vat.key`;
-    this.#roleVatIds.set(role, await loadOrCreateVatKey(vatKeyFile));
+    const vatId = await loadOrCreateVatKey(vatKeyFile);
+    this.#roleVatIds.set(role, vatId);
     const context: RoleContext = {
+      vatId,
+      directory: this.#directory,
       machine: this.#options.machine,
       roleDir,
       vatKeyFile,

@@ -32,6 +32,7 @@ export const agentConfig = z.strictObject({
   coordinatorStateFile: z.string().default(
     "/var/lib/blackrock/shared/grains.sqlite",
   ),
+  libc: z.string().default("/lib/x86_64-linux-gnu/libc.so.6"),
   /** Numbers a simulated machine claims instead of measuring. */
   claimedSpecs: z.strictObject({
     cores: z.number().int().positive().optional(),

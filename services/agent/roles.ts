@@ -31,6 +31,8 @@ export interface CatalogueOptions {
   clusterHosts: string[];
   /** The coordinators' shared state file (see coordinator/shared_state.ts). */
   coordinatorStateFile: string;
+  /** The C library the worker opens to write cgroup files. */
+  libc: string;
 }
 
 function base(
@@ -86,13 +88,41 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
     worker: {
       entry: entry("worker"),
       port: ROLE_PORTS.worker,
-      permissions: (c) => ({
-        ...base(options, c, ROLE_PORTS.worker),
-        run: ["bwrap"],
-        ffi: [ffi],
-        sys: ["systemMemoryInfo", "loadavg"],
-      }),
-      overrides: () => [],
+      waitFor: "coordinator",
+      // As services/worker/main.ts documents: it runs as root, maps grains
+      // to host uids and reaches cgroup files through libc.
+      permissions: (c) => {
+        const p = base(options, c, ROLE_PORTS.worker);
+        return {
+          ...p,
+          net: [...p.net!, `unix:${c.roleDir}/worker/api.sock`],
+          run: ["bash", "chown", "sync", "xz"],
+          ffi: [options.libc],
+          sys: ["systemMemoryInfo", "loadavg"],
+        };
+      },
+      // The coordinators are those of the directory when the worker
+      // starts; its vat ID is its worker ID in their records.
+      overrides: (c) => [
+        `listen.hostname=${c.address}`,
+        `listen.port=${ROLE_PORTS.worker}`,
+        `stateDir=${c.roleDir}/worker`,
+        `workerId=${c.vatId}`,
+        `coordinators=${
+          JSON.stringify(
+            (c.directory?.vats ?? []).filter((v) => v.role === "coordinator")
+              .map((v) => {
+                const at = v.address.lastIndexOf(":");
+                return {
+                  hostname: v.address.slice(0, at).replace(/^\[|\]$/g, ""),
+                  port: Number(v.address.slice(at + 1)),
+                };
+              }),
+          )
+        }`,
+        `vatKeyFile=${c.vatKeyFile}`,
+        `directoryFile=${c.directoryFile}`,
+      ],
     },
     gateway: {
       entry: entry("gateway"),

@@ -433,3 +433,39 @@ Deno.test("the agent's process boots under the permissions its unit grants", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a role waiting for a peer starts once the directory names one, and stays up as it changes", async () => {
+  await withMachine(async ({ stateDir, forbidden }) => {
+    const base = catalogue(forbidden);
+    const agent = await Agent.start({
+      machine: "m1",
+      stateDir,
+      address: "127.0.0.1",
+      catalogue: { worker: { ...base.worker!, waitFor: "coordinator" } },
+      log: quiet,
+      roleOutput: "null",
+    });
+    try {
+      await agent.assign({ version: 1, roles: [{ role: "worker" }] });
+      assert.equal(agent.report().roles[0].process, undefined);
+      const vat = (machine: string, fill: string) => ({
+        role: "coordinator",
+        machine,
+        vatId: fill.repeat(64),
+        address: `10.0.0.${machine.length}:7101`,
+        zones: ["coordinators"],
+      });
+      await agent.setDirectory({ version: 1, vats: [vat("m2", "a")] });
+      const first = await waitUntil("the worker starts", async () => {
+        return (await starts(stateDir, "worker"))[0];
+      });
+      await agent.setDirectory({ version: 2, vats: [vat("m33", "b")] });
+      await agent.assign({ version: 2, roles: [{ role: "worker" }] });
+      assert.equal(agent.report().roles[0].process?.pid, first.pid);
+      assert.equal(agent.report().roles[0].process?.restarts, 0);
+      assert.equal((await starts(stateDir, "worker")).length, 1);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
