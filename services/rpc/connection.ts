@@ -625,6 +625,10 @@ export class RpcConnection {
         `message of ${bytes.length} bytes has a segment table for ${framed}`,
       );
     }
+    const finish = quickFinish(bytes);
+    if (finish !== undefined) {
+      return this.#handleFinish(finish.questionId, finish.releaseResultCaps);
+    }
     const message = readMessage(bytes);
     const root = message.getRoot(rpc.Message);
     switch (root.which()) {
@@ -633,7 +637,10 @@ export class RpcConnection {
       case rpc.Message.RETURN:
         return this.#handleReturn(root.return, message);
       case rpc.Message.FINISH:
-        return this.#handleFinish(root.finish);
+        return this.#handleFinish(
+          root.finish.questionId,
+          root.finish.releaseResultCaps,
+        );
       case rpc.Message.RESOLVE:
         return this.#handleResolve(root.resolve);
       case rpc.Message.RELEASE:
@@ -938,16 +945,16 @@ export class RpcConnection {
     this.maybeFinish(question);
   }
 
-  #handleFinish(finish: rpc.Finish): void {
-    const entry = this.#answers.get(finish.questionId);
+  #handleFinish(questionId: number, releaseResultCaps: boolean): void {
+    const entry = this.#answers.get(questionId);
     if (entry === undefined || entry.finished) {
       throw new RpcProtocolError(
-        `Finish for question ${finish.questionId}, which is not open`,
+        `Finish for question ${questionId}, which is not open`,
       );
     }
     entry.finished = true;
-    entry.releaseResultCaps = finish.releaseResultCaps;
-    if (entry.returned) this.#retireAnswer(finish.questionId, entry);
+    entry.releaseResultCaps = releaseResultCaps;
+    if (entry.returned) this.#retireAnswer(questionId, entry);
   }
 
   #retireAnswer(questionId: number, entry: AnswerEntry): void {
@@ -1187,19 +1194,49 @@ export class RpcConnection {
  * Finish is the one message sent for every call, and its layout is fixed:
  * it is made once with capnp-es and copied with the question ID patched.
  */
-const FINISH_TEMPLATE = (() => {
+function finishTemplate(releaseResultCaps: boolean): Uint8Array {
   const message = newMessage();
   const finish = message.initRoot(rpc.Message)._initFinish();
   finish.questionId = 0x89abcdef;
-  finish.releaseResultCaps = false;
+  finish.releaseResultCaps = releaseResultCaps;
   return serialize(message);
-})();
+}
+const FINISH_TEMPLATE = finishTemplate(false);
+const FINISH_RELEASING = finishTemplate(true);
+/** Where the two templates differ: the releaseResultCaps bit. */
+const FINISH_FLAG_OFFSET = FINISH_TEMPLATE.findIndex((byte, i) =>
+  byte !== FINISH_RELEASING[i]
+);
 const FINISH_ID_OFFSET = (() => {
   for (let i = 0; i + 4 <= FINISH_TEMPLATE.length; i += 4) {
     if (readUint32(FINISH_TEMPLATE, i) === 0x89abcdef) return i;
   }
   throw new Error("Finish template has no question ID");
 })();
+
+/**
+ * Reads a Finish laid out exactly as this engine writes one, without
+ * decoding it; anything else (another layout, another message) gives
+ * undefined and takes the general path.
+ */
+function quickFinish(
+  bytes: Uint8Array,
+): { questionId: number; releaseResultCaps: boolean } | undefined {
+  if (bytes.length !== FINISH_TEMPLATE.length) return undefined;
+  for (let i = 0; i < bytes.length; i++) {
+    if (i >= FINISH_ID_OFFSET && i < FINISH_ID_OFFSET + 4) continue;
+    if (i === FINISH_FLAG_OFFSET) continue;
+    if (bytes[i] !== FINISH_TEMPLATE[i]) return undefined;
+  }
+  const flag = bytes[FINISH_FLAG_OFFSET];
+  if (flag !== FINISH_TEMPLATE[FINISH_FLAG_OFFSET]) {
+    if (flag !== FINISH_RELEASING[FINISH_FLAG_OFFSET]) return undefined;
+  }
+  return {
+    questionId: readUint32(bytes, FINISH_ID_OFFSET),
+    releaseResultCaps: flag === FINISH_RELEASING[FINISH_FLAG_OFFSET],
+  };
+}
 
 function finishBytes(questionId: number): Uint8Array {
   const bytes = FINISH_TEMPLATE.slice();
