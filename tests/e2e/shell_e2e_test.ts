@@ -92,7 +92,13 @@ Deno.test({
   async fn() {
     await withWorld(async ({ dataDir, options, spkPath }) => {
       let runner = startStandInRunner(`${dataDir}/grains`);
-      let web = await startWebSide({ ...options, runnerUrl: runner.url });
+      // Two shell replicas over one SQLite file (the single-machine
+      // database), behind one gateway.
+      let web = await startWebSide({
+        ...options,
+        runnerUrl: runner.url,
+        shells: 2,
+      });
       const browser = await launchBrowser();
       try {
         assert.ok(web.adminPassword, "first start prints the admin password");
@@ -141,7 +147,11 @@ Deno.test({
         await web.stop();
         await runner.stop();
         runner = startStandInRunner(`${dataDir}/grains`);
-        web = await startWebSide({ ...options, runnerUrl: runner.url });
+        web = await startWebSide({
+          ...options,
+          runnerUrl: runner.url,
+          shells: 2,
+        });
         assert.equal(web.adminPassword, undefined, "admin is created once");
 
         await page.goto(web.url);

@@ -349,3 +349,37 @@ Deno.test("sqlite: a database from before firstStartedAt is migrated", async () 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("sqlite: replicas opening one new database at once all succeed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "shell-repo-race-" });
+  const path = `${dir}/shell.sqlite`;
+  const workers = Array.from(
+    { length: 4 },
+    () =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          `import { SqliteRepository } from ${
+            JSON.stringify(new URL("./sqlite.ts", import.meta.url).href)
+          };
+         const repo = new SqliteRepository(${JSON.stringify(path)});
+         await repo.initSetting("x", String(Deno.pid));
+         await repo.close();`,
+        ],
+        cwd: new URL("../../..", import.meta.url).pathname,
+        stdout: "piped",
+        stderr: "piped",
+      }).output(),
+  );
+  try {
+    const results = await Promise.all(workers);
+    for (const result of results) {
+      assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+    }
+    const repo = new SqliteRepository(path);
+    assert.ok(await repo.getSetting("x"));
+    await repo.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

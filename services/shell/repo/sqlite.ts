@@ -170,7 +170,9 @@ export class SqliteRepository implements ShellRepository {
 
   constructor(path: string) {
     this.#db = new DatabaseSync(path);
-    this.#db.exec("pragma journal_mode = wal; pragma busy_timeout = 5000;");
+    // The busy timeout comes first: switching to WAL takes a lock that a
+    // replica starting at the same moment may hold.
+    this.#db.exec("pragma busy_timeout = 5000; pragma journal_mode = wal;");
     this.#db.exec(SCHEMA);
     this.#migrate();
   }
