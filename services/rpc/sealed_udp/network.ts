@@ -74,6 +74,7 @@ import {
   OFFSET_RECIPIENT,
   OFFSET_RECIPIENT_BOOT,
   OFFSET_SENDER,
+  OFFSET_SENT_TENTHS,
   OFFSET_STAMP,
   PacketFormatError,
   parseFrames,
@@ -171,6 +172,12 @@ const LINGER_MS = 10_000;
 const CLOSED_MEMORY_MS = 120_000;
 /** Packets per seal-and-send batch. */
 const BATCH_PACKETS = 256;
+/** How far before this boot a packet for an unknown boot may have been
+ * sent (clock skew between machines, rounding of its send time). A
+ * genuine packet captured earlier than that and replayed after a restart
+ * is refused; one captured later is not (the replay window of the old
+ * boot is gone). */
+const SENT_TOLERANCE_MS = 300;
 /** Least time between two "I restarted" answers to one peer. */
 const ANNOUNCE_INTERVAL_MS = 100;
 
@@ -577,6 +584,10 @@ export class SealedUdpNetwork implements VatNetwork {
       this.#endPacket(peer, packetStart, at - packetStart - HEADER_BYTES);
       packetStart = -1;
     };
+    const sentTenths = Math.max(
+      0,
+      Math.floor((Date.now() - this.#boot.stamp) / 100),
+    );
     const begin = () => {
       if (this.#batchCount >= BATCH_PACKETS) this.#sendBatch();
       packetStart = this.#batchCount * MAX_DATAGRAM_BYTES;
@@ -588,6 +599,7 @@ export class SealedUdpNetwork implements VatNetwork {
         boot: this.#bootBytes,
         packetNumber,
         recipientBoot: peer.bootBytes,
+        sentTenths,
       });
       at = packetStart + HEADER_BYTES;
     };
@@ -853,19 +865,29 @@ export class SealedUdpNetwork implements VatNetwork {
         this.#count("droppedReplayed");
         continue;
       }
-      peer.lastHeardMs = now;
-      peer.address = {
+      const source = {
         ip: meta[i * UDP_RECV_WORDS + 1],
         port: meta[i * UDP_RECV_WORDS + 2],
       };
       const recipientHigh = view.getUint32(offset + OFFSET_RECIPIENT_BOOT);
       const recipientLow = view.getUint32(offset + OFFSET_RECIPIENT_BOOT + 4);
+      const unknownRecipient = (recipientHigh | recipientLow) === 0;
+      const sentMs = boots[n].stamp +
+        view.getUint32(offset + OFFSET_SENT_TENTHS) * 100;
       if (
-        (recipientHigh | recipientLow) !== 0 &&
-        (recipientHigh !== this.#boot.high || recipientLow !== this.#boot.low)
+        unknownRecipient
+          // Sent before this boot began: a genuine packet replayed from an
+          // earlier life of this vat (whose replay window died with it),
+          // or a peer whose clock lags ours; that peer retries once it
+          // learns our boot from the answer.
+          ? sentMs + SENT_TOLERANCE_MS < this.#boot.stamp
+          : recipientHigh !== this.#boot.high ||
+            recipientLow !== this.#boot.low
       ) {
-        // Meant for an earlier boot of this vat: tell the sender.
+        // Meant for an earlier boot of this vat: tell the sender, at the
+        // address already known (a replayed packet must not move it).
         this.#count("droppedStaleBoot");
+        peer.address ??= source;
         if (now - peer.lastAnnounceMs >= ANNOUNCE_INTERVAL_MS) {
           peer.lastAnnounceMs = now;
           peer.announceWanted = true;
@@ -873,6 +895,9 @@ export class SealedUdpNetwork implements VatNetwork {
         }
         continue;
       }
+      // Fresh and meant for this boot: only now may it move the address.
+      peer.lastHeardMs = now;
+      peer.address = source;
       const framesLength = meta[i * UDP_RECV_WORDS] - HEADER_BYTES - TAG_BYTES;
       let frames: Frame[];
       try {

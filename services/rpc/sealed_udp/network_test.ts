@@ -14,6 +14,7 @@ import {
   udpSendBatch,
 } from "../../../ffi/native.ts";
 import { parseAddress } from "./directory.ts";
+import { MAX_FRAGMENT_BYTES } from "./packet.ts";
 import { Relay, waitFor } from "./_testing.ts";
 
 /** Two networks on loopback that know each other's address. */
@@ -75,7 +76,19 @@ function rawSend(target: string, datagrams: Uint8Array[]): void {
 Deno.test("delivers many messages of many sizes in order, exactly once, both ways", async () => {
   const [a, b] = await pair();
   try {
-    const sizes = [0, 1, 7, 100, 1175, 1176, 1177, 2500, 9000, 70_000, 300_000];
+    const sizes = [
+      0,
+      1,
+      7,
+      100,
+      MAX_FRAGMENT_BYTES - 1,
+      MAX_FRAGMENT_BYTES,
+      MAX_FRAGMENT_BYTES + 1,
+      2500,
+      9000,
+      70_000,
+      300_000,
+    ];
     const count = 400;
     const sizeOf = (i: number) => sizes[i % sizes.length];
     const ab = a.connect(b.vatId);
@@ -182,7 +195,7 @@ Deno.test("drops forged and altered packets without disturbing the connection", 
 
     // Every single-byte change, in the header or the ciphertext, fails.
     const altered: Uint8Array[] = [];
-    for (const at of [4, 12, 44, 52, 60, 68, 76, genuine!.length - 1]) {
+    for (const at of [4, 12, 44, 52, 60, 68, 76, 80, genuine!.length - 1]) {
       const copy = genuine!.slice();
       copy[at] ^= 0x40;
       altered.push(copy);
@@ -475,4 +488,38 @@ Deno.test("a vat runs with only the permissions sealedUdpPermissions names", asy
     new TextDecoder().decode(output.stderr);
   assert.equal(output.code, 0, text);
   assert.match(text, /bound 127\.0\.0\.1:\d+/);
+});
+
+Deno.test("first packets replayed to a restarted vat open no connection", async () => {
+  const identityB = VatIdentity.generate();
+  const a = await SealedUdpNetwork.create({ identity: VatIdentity.generate() });
+  let b = await SealedUdpNetwork.create({ identity: identityB });
+  const bAddress = b.address;
+  const relay = new Relay(a.address, bAddress);
+  try {
+    a.directory.set(b.vatId, relay.address);
+    b.directory.set(a.vatId, relay.address);
+    // A's first packets go out before it knows B's boot.
+    const ab = a.connect(b.vatId);
+    ab.send(patterned(0, 100));
+    const ba = await b.accept();
+    await expectMessages(ba, 0, 1, 100);
+    const first = relay.seen.find((s) => s.fromA)!.datagram;
+
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await b.abort();
+    b = await SealedUdpNetwork.create({ identity: identityB, bind: bAddress });
+    b.directory.set(a.vatId, relay.address);
+    await relay.inject(first, true);
+    await waitFor(
+      "the replay refused",
+      () => b.metrics().droppedStaleBoot >= 1,
+    );
+    assert.equal(b.metrics().connectionsAccepted, 0);
+    assert.equal(b.metrics().messagesReceived, 0);
+  } finally {
+    await a.close();
+    await b.close();
+    await relay.close();
+  }
 });

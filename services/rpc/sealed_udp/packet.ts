@@ -15,7 +15,8 @@
  *     52    8 sender boot ID: random per boot
  *     60    8 packet number, big-endian, per sender boot and recipient
  *     68    8 recipient boot ID as the sender knows it, zero if unknown
- *     76  ... frames (encrypted)
+ *     76    4 tenths of a second from the sender's boot stamp to sending
+ *     80  ... frames (encrypted)
  *    end   16 tag
  * ```
  *
@@ -36,7 +37,7 @@
 /** Version byte of this format. */
 export const VERSION = 1;
 /** Bytes of clear header (the associated data). */
-export const HEADER_BYTES = 76;
+export const HEADER_BYTES = 80;
 /** Bytes of the AEAD tag after the frames. */
 export const TAG_BYTES = 16;
 /** Largest datagram sent or accepted. 1280 bytes stays under every IPv4
@@ -58,6 +59,7 @@ export const OFFSET_STAMP = 44;
 export const OFFSET_BOOT = 52;
 export const OFFSET_PACKET_NUMBER = 60;
 export const OFFSET_RECIPIENT_BOOT = 68;
+export const OFFSET_SENT_TENTHS = 76;
 /** The nonce is this many header bytes from OFFSET_STAMP. */
 export const NONCE_BYTES = 24;
 
@@ -97,6 +99,9 @@ export interface PacketHeader {
   packetNumber: number;
   recipientBootHigh: number;
   recipientBootLow: number;
+  /** Tenths of a second from `stamp` to when the packet was sent (a u32
+   * lasts 13 years). */
+  sentTenths: number;
 }
 
 /** A parsed frame; `data` is a copy that outlives the datagram buffer. */
@@ -183,6 +188,7 @@ export function parseHeader(
     packetNumber: readU64(view, OFFSET_PACKET_NUMBER),
     recipientBootHigh: view.getUint32(OFFSET_RECIPIENT_BOOT),
     recipientBootLow: view.getUint32(OFFSET_RECIPIENT_BOOT + 4),
+    sentTenths: view.getUint32(OFFSET_SENT_TENTHS),
   };
 }
 
@@ -194,6 +200,7 @@ export interface HeaderFields {
   boot: Uint8Array;
   packetNumber: number;
   recipientBoot: Uint8Array | undefined;
+  sentTenths: number;
 }
 
 /** Writes a header at `offset` of `bytes`. */
@@ -213,10 +220,11 @@ export function writeHeader(
   bytes.set(fields.boot, offset + OFFSET_BOOT);
   writeU64(view, offset + OFFSET_PACKET_NUMBER, fields.packetNumber);
   if (fields.recipientBoot === undefined) {
-    bytes.fill(0, offset + OFFSET_RECIPIENT_BOOT, offset + HEADER_BYTES);
+    bytes.fill(0, offset + OFFSET_RECIPIENT_BOOT, offset + OFFSET_SENT_TENTHS);
   } else {
     bytes.set(fields.recipientBoot, offset + OFFSET_RECIPIENT_BOOT);
   }
+  view.setUint32(offset + OFFSET_SENT_TENTHS, fields.sentTenths);
 }
 
 /**

@@ -143,6 +143,7 @@ Deno.test("the header parser refuses bad lengths and versions, and reads what wa
     boot: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]),
     packetNumber: 2 ** 40 + 5,
     recipientBoot: undefined,
+    sentTenths: 12345,
   };
   writeHeader(bytes, new DataView(bytes.buffer), 0, fields);
   const header = parseHeader(bytes);
@@ -155,6 +156,7 @@ Deno.test("the header parser refuses bad lengths and versions, and reads what wa
   assert.equal(header.packetNumber, fields.packetNumber);
   assert.equal(header.bootHigh, 0x01020304);
   assert.equal(header.recipientBootHigh | header.recipientBootLow, 0);
+  assert.equal(header.sentTenths, 12345);
   assert.throws(() => parseHeader(bytes.subarray(1)), PacketFormatError);
 });
 
