@@ -58,7 +58,9 @@ kill "$qemu_pid"
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
 
-# The vat key is on the state disk, private, and the image is unchanged.
+# The vat key is on the state disk, private. The machine was cut off, not
+# shut down, so the disk's journal is replayed before reading it.
+e2fsck -fy "$work/state.img" >/dev/null 2>&1 || true
 debugfs -R "stat /vat.key" "$work/state.img" 2>/dev/null |
   grep -q "Mode:  0600" || { echo "boot-check: no 0600 vat.key" >&2; exit 1; }
 echo "boot-check: agent started, vat key made on the state disk"

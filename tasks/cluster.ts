@@ -10,6 +10,10 @@
  * deno task cluster remove m3               # drains and removes m3
  * ```
  *
+ * Agents enter their machine's network namespace with `nsenter --net`
+ * rather than `ip netns exec`, which would mount a fresh /sys and hide the
+ * cgroup controllers the worker role needs.
+ *
  * State (machine folders, the cluster description, logs) lives under
  * `.data/cluster/` (or `--dir`). Machines differ on purpose: m1 claims a
  * large disk (it becomes storage), m2 is small (control roles), the rest
@@ -18,7 +22,11 @@
  * @module
  */
 import { roleCommand } from "../services/runtime/permissions.ts";
-import { type ServerProcess, waitUntil } from "../tests/fixtures/process.ts";
+import {
+  type ServerProcess,
+  spawnServer,
+  waitUntil,
+} from "../tests/fixtures/process.ts";
 import {
   type SimulatedNetwork,
   startNetwork,
@@ -77,6 +85,7 @@ export function agentCommand(
       `codeRoot=${root}`,
       `clusterHosts=${JSON.stringify(state.addresses)}`,
       `coordinatorStateFile=${shared}/grains.sqlite`,
+      `workerUidFirst=${100_000 + index * 65_536}`,
       `claimedSpecs.cores=${specs.cores}`,
       `claimedSpecs.memoryBytes=${specs.memoryBytes}`,
       `claimedSpecs.diskBytes=${specs.diskBytes}`,
@@ -134,10 +143,12 @@ export async function startSimulatedCluster(options: {
   const bootMachine = async (index: number) => {
     // The agent's and its roles' logs go to a file per machine.
     const log = `${options.dir}/agent-m${index}.log`;
-    const agent = network.spawn(index, {
+    const agent = spawnServer({
       name: `agent-m${index}`,
-      command: "sh",
+      command: "nsenter",
       args: [
+        `--net=/run/netns/${state.namespaces[index - 1]}`,
+        "sh",
         "-c",
         `exec "$@" >>${log} 2>&1`,
         "sh",
@@ -332,7 +343,7 @@ if (import.meta.main) {
         args: [
           "sh",
           "-c",
-          `exec ip netns exec ${
+          `exec nsenter --net=/run/netns/${
             state.namespaces[index - 1]
           } "$@" >>${log} 2>&1`,
           "sh",

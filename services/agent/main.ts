@@ -33,6 +33,7 @@ export const agentConfig = z.strictObject({
     "/var/lib/blackrock/shared/grains.sqlite",
   ),
   libc: z.string().default("/lib/x86_64-linux-gnu/libc.so.6"),
+  workerUidFirst: z.number().int().min(1000).default(100_000),
   /** Numbers a simulated machine claims instead of measuring. */
   claimedSpecs: z.strictObject({
     cores: z.number().int().positive().optional(),

@@ -33,6 +33,8 @@ export interface CatalogueOptions {
   coordinatorStateFile: string;
   /** The C library the worker opens to write cgroup files. */
   libc: string;
+  /** First host uid of the worker's grains. */
+  workerUidFirst: number;
 }
 
 function base(
@@ -108,6 +110,10 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `listen.port=${ROLE_PORTS.worker}`,
         `stateDir=${c.roleDir}/worker`,
         `workerId=${c.vatId}`,
+        // Simulated machines share one host: each worker needs its own
+        // cgroup and uid range there.
+        `cgroupName=blackrock-worker-${c.machine}`,
+        `uidFirst=${options.workerUidFirst}`,
         `coordinators=${
           JSON.stringify(
             (c.directory?.vats ?? []).filter((v) => v.role === "coordinator")
