@@ -39,6 +39,11 @@ function stampOf(info: Deno.FileInfo): string {
   return `${info.ino}:${info.mtime?.getTime()}`;
 }
 
+/** A write trusts a lease check this recent. Another holder can only
+ * take the lease after it expired (seconds) or was released, so a stale
+ * writer's window is bounded by this, and sync() always checks afresh. */
+const LEASE_CHECK_INTERVAL_MS = 100;
+
 /** How long a lease lasts without renewal, unless configured otherwise. */
 export const DEFAULT_LEASE_TTL_MS = 10_000;
 
@@ -61,6 +66,8 @@ export class DirectoryBlockStore implements BlockStore {
   #lease: LeaseRecord | undefined;
   /** Inode and mtime of lease.json as this instance last wrote it. */
   #leaseStamp: string | null = null;
+  /** When #checkLease last found the lease ours. */
+  #leaseCheckedAt = -Infinity;
 
   private constructor(
     root: string,
@@ -162,6 +169,9 @@ export class DirectoryBlockStore implements BlockStore {
 
   async sync(): Promise<void> {
     await this.#file.syncData();
+    // A flush must not report success to a writer that lost its lease.
+    this.#leaseCheckedAt = -Infinity;
+    this.#checkLease();
   }
 
   async acquireLease(holder: string, waitMs: number): Promise<Lease> {
@@ -259,8 +269,13 @@ export class DirectoryBlockStore implements BlockStore {
       throw new LeaseError(`no writer lease held on ${this.#root}`);
     }
     const leasePath = `${this.#root}/lease.json`;
+    const now = performance.now();
+    if (now - this.#leaseCheckedAt < LEASE_CHECK_INTERVAL_MS) return;
     if (this.#leaseStamp !== null) {
-      if (stampOf(Deno.statSync(leasePath)) === this.#leaseStamp) return;
+      if (stampOf(Deno.statSync(leasePath)) === this.#leaseStamp) {
+        this.#leaseCheckedAt = now;
+        return;
+      }
     }
     let current: LeaseRecord;
     try {
@@ -269,6 +284,7 @@ export class DirectoryBlockStore implements BlockStore {
       throw new LeaseError(`cannot read the lease of ${this.#root}: ${error}`);
     }
     if (current.epoch !== ours.epoch || current.holder !== ours.holder) {
+      this.#leaseCheckedAt = -Infinity;
       throw new LeaseError(
         `lease on ${this.#root} lost to ${current.holder} (epoch ${current.epoch})`,
       );

@@ -422,6 +422,7 @@ export class GrainCache implements BlockDevice {
 
   async #writeBackRound(): Promise<void> {
     const maxRun = this.#options.maxRunBlocks;
+    let turnStartedMs = performance.now();
     let index = this.#dirty.nextSet(0);
     while (index < this.sizeBlocks) {
       const zeroed = this.#zeroed.get(index);
@@ -447,6 +448,12 @@ export class GrainCache implements BlockDevice {
         throw error;
       }
       index = this.#dirty.nextSet(end);
+      // Store calls may finish at once (a local store): give waiting client
+      // requests a turn every few milliseconds of write-back.
+      if (performance.now() - turnStartedMs > 2) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        turnStartedMs = performance.now();
+      }
     }
   }
 
