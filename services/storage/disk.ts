@@ -54,9 +54,10 @@ export interface Disk {
   /** The object, or null when the name does not exist. */
   get(name: string): Promise<DiskObject | null>;
   /**
-   * Stores the bytes durably before resolving; returns the new ETag. With a
-   * condition that no longer holds, throws {@link ConditionFailedError} and
-   * changes nothing.
+   * Stores the bytes durably before resolving; returns the new ETag (a
+   * local disk returns "" for an unconditional write over 64 KiB, whose
+   * ETag nobody asks for). With a condition that no longer holds, throws
+   * {@link ConditionFailedError} and changes nothing.
    */
   put(
     name: string,
@@ -243,7 +244,11 @@ export class LocalDisk implements Disk {
         await Deno.remove(temporary).catch(() => {});
         throw new DiskError(`cannot write ${name}`, { cause: error });
       }
-      return contentEtag(data);
+      // Only conditional writes and small objects need their ETag; hashing
+      // every large chunk written would cost more than writing it.
+      return condition !== undefined || data.length <= 65536
+        ? contentEtag(data)
+        : "";
     });
   }
 

@@ -145,7 +145,9 @@ export class Ownership {
     change: (record: OwnershipRecord) => void,
   ): Promise<OwnershipRecord> {
     return this.#mutex.run(id, async () => {
-      let current = this.#cache.get(id) ?? await this.read(id);
+      const cached = this.#cache.get(id);
+      let current = cached ?? await this.read(id);
+      let fresh = cached === undefined;
       for (let attempt = 0;; attempt++) {
         if (attempt === MAX_CAS_ATTEMPTS) {
           throw new DiskError(
@@ -155,7 +157,16 @@ export class Ownership {
         }
         if (current === null) throw new ObjectNotFoundError(id);
         const record = structuredClone(current.record);
-        change(record);
+        try {
+          change(record);
+        } catch (error) {
+          // A refusal (over quota) must rest on the record as it is now,
+          // not on a copy another node has since changed.
+          if (fresh) throw error;
+          current = await this.read(id);
+          fresh = true;
+          continue;
+        }
         record.stamp = newVersionTag();
         try {
           const etag = await this.disk.put(
@@ -168,6 +179,7 @@ export class Ownership {
         } catch (error) {
           if (!(error instanceof ConditionFailedError)) throw error;
           current = await this.read(id);
+          fresh = true;
           // A retried request whose first attempt landed is refused too;
           // the stamp shows the record on disk is this very update.
           if (current?.record.stamp === record.stamp) return record;

@@ -320,6 +320,26 @@ behaviour(
   },
 );
 
+behaviour(
+  "space freed through another node is usable at once",
+  async (backend) => {
+    const nodeA = testStore(backend.disk);
+    const nodeB = testStore(backend.sibling());
+    await nodeA.ensureRoot("max", 30_000);
+    const first = await nodeA.createBlob({ root: "max" }, [
+      pattern(20_000, 30),
+    ]);
+    await assert.rejects(
+      nodeA.createBlob({ root: "max" }, [pattern(20_000, 31)]),
+      QuotaExceededError,
+    );
+    await nodeB.remove(first);
+    // Node A's last view of the root says 20,000 bytes are used.
+    await nodeA.createBlob({ root: "max" }, [pattern(20_000, 32)]);
+    assert.equal((await nodeB.rootUsage("max")).usedBytes, 20_000);
+  },
+);
+
 /** Changes one stored piece of an object on the disk. */
 async function tamper(
   backend: TestBackend,
