@@ -51,6 +51,10 @@ const READ_CHUNK_BYTES = 64 << 10;
  * A {@link MessageConnection} over a byte stream with standard framing.
  * Messages sent in one turn of the event loop go out in one write.
  *
+ * A received message is a view into the read buffer, valid until the next
+ * `receive` or `tryReceive` call (the RPC engine decodes it at once, so
+ * nothing is copied twice); copy it to keep it longer.
+ *
  * @example
  * ```ts
  * import { connectTcp, listenTcp } from "./stream.ts";
@@ -141,7 +145,7 @@ export class StreamConnection implements MessageConnection {
     if (length < 0 || this.#end - this.#start < length) return undefined;
     const start = this.#start;
     this.#start += length;
-    return this.#buffer.slice(start, start + length);
+    return this.#buffer.subarray(start, start + length);
   }
 
   /** The length of the frame at the read position, or -1 if unknown yet. */
@@ -166,7 +170,7 @@ export class StreamConnection implements MessageConnection {
       const available = this.#buffer.subarray(this.#start, this.#end);
       if (length >= 0 && available.length >= length) {
         this.#start += length;
-        return available.slice(0, length);
+        return available.subarray(0, length);
       }
       if (this.#eof) {
         if (available.length === 0) return null;
