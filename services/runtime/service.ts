@@ -98,8 +98,6 @@ export async function runService<T extends z.ZodType>(
     log.error("start-failed", { error });
     return await finish(1);
   }
-  log.info("started", { pid: Deno.pid });
-
   const stopSignal = Promise.withResolvers<string>();
   const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];
   const handlers = signals.map((signal) => {
@@ -107,6 +105,8 @@ export async function runService<T extends z.ZodType>(
     Deno.addSignalListener(signal, handler);
     return [signal, handler] as const;
   });
+  // Only now: whoever waits for "started" may stop the role gracefully.
+  log.info("started", { pid: Deno.pid });
 
   const ended = service.done?.then(() => "ended" as const) ??
     new Promise<never>(() => {});

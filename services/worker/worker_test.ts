@@ -43,6 +43,7 @@ async function startWorker(stateDir: string) {
   const reader = child.stderr.pipeThrough(new TextDecoderStream())
     .getReader();
   let buffer = "";
+  let port: number | undefined;
   const seen: string[] = [];
   for (;;) {
     const { value, done } = await reader.read();
@@ -53,12 +54,20 @@ async function startWorker(stateDir: string) {
     for (const line of parts) {
       seen.push(line);
       const event = JSON.parse(line);
-      if (event.event === "listening") {
-        // Keep draining stderr so the worker never blocks on it.
+      if (event.event === "listening") port = event.port;
+      // "started" comes once the role handles SIGTERM: stopping it before
+      // that would kill it without its clean-up.
+      if (event.event === "started" && port !== undefined) {
+        // Keep reading stderr so the worker never blocks on it; the lines
+        // explain a failed stop.
         (async () => {
-          while (!(await reader.read()).done) { /* drained */ }
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) return;
+            seen.push(value);
+          }
         })();
-        return { child, port: event.port as number };
+        return { child, port, log: seen };
       }
     }
   }
@@ -67,7 +76,7 @@ async function startWorker(stateDir: string) {
 
 Deno.test("the worker process installs, starts, stops, restores, lists and deletes grains over RPC", async () => {
   const stateDir = await Deno.makeTempDir({ prefix: "worker-test-" });
-  const { child, port } = await startWorker(stateDir);
+  const { child, port, log } = await startWorker(stateDir);
   const connection = new rpc.RpcConnection(
     await rpc.connectTcp({ hostname: "127.0.0.1", port }),
   );
@@ -176,15 +185,16 @@ Deno.test("the worker process installs, starts, stops, restores, lists and delet
     rpc.release(worker);
     connection.close();
     child.kill("SIGTERM");
-    await child.status;
+    const status = await child.status;
     await Deno.remove(stateDir, { recursive: true });
+    assert.equal(status.code, 0, `worker stop failed:\n${log.join("")}`);
   }
 });
 
 Deno.test("a worker restarted after being killed clears its predecessor's sandboxes, mounts and cgroups", async () => {
   const stateDir = await Deno.makeTempDir({ prefix: "worker-crash-test-" });
   const cgroupDir = `/sys/fs/cgroup/memory/blackrock-worker-test-${Deno.pid}`;
-  let { child, port } = await startWorker(stateDir);
+  let { child, port, log } = await startWorker(stateDir);
   try {
     const connection = new rpc.RpcConnection(
       await rpc.connectTcp({ hostname: "127.0.0.1", port }),
@@ -216,7 +226,7 @@ Deno.test("a worker restarted after being killed clears its predecessor's sandbo
     await child.status;
     assert.ok(Deno.statSync(`${cgroupDir}/grain-left-behind`).isDirectory);
 
-    ({ child, port } = await startWorker(stateDir));
+    ({ child, port, log } = await startWorker(stateDir));
     const mounts = await Deno.readTextFile("/proc/self/mountinfo");
     assert.ok(!mounts.includes(`${stateDir}/slots/`), "slots unmounted");
     assert.deepEqual([...Deno.readDirSync(`${stateDir}/slots`)], []);
@@ -225,7 +235,8 @@ Deno.test("a worker restarted after being killed clears its predecessor's sandbo
     assert.deepEqual(groups, []);
   } finally {
     child.kill("SIGTERM");
-    await child.status;
+    const status = await child.status;
     await Deno.remove(stateDir, { recursive: true });
+    assert.equal(status.code, 0, `worker stop failed:\n${log.join("")}`);
   }
 });
