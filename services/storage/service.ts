@@ -570,15 +570,20 @@ export class StorageService {
     const slots = value.caps;
     for (let i = 0; i < slots.length; i++) {
       const cap = capabilityAt(slots.get(i).cap, []);
+      let bytes: Uint8Array;
       try {
-        sturdyRefs.push(await save(cap));
+        bytes = await save(cap);
+        // Refused now rather than on a later read: only refs a storage
+        // node can restore may be kept.
+        this.refs.open(bytes, this.refs.vatId);
       } catch (error) {
         throw new RangeError(
-          `capability ${i} of the value cannot be saved: ${
+          `capability ${i} of the value cannot be stored: ${
             error instanceof Error ? error.message : error
           }`,
         );
       }
+      sturdyRefs.push(bytes);
     }
     return { content: value.content.toUint8Array().slice(), sturdyRefs };
   }

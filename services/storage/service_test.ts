@@ -5,9 +5,11 @@ import { save } from "../rpc/sturdyref.ts";
 import {
   Assignable,
   Blob,
+  type StorageNode,
   Volume,
   VolumeWriter,
 } from "../../proto/gen/storage.ts";
+import { VatIdentity } from "../rpc/vat_id.ts";
 import { AnyStruct, capabilityAt } from "../rpc/capability.ts";
 import { pattern } from "./_testing.ts";
 import {
@@ -18,6 +20,17 @@ import {
 } from "./_node_testing.ts";
 
 const BLOCK = 4096;
+
+function restoreVia<C>(
+  node: InstanceType<typeof StorageNode.Client>,
+  bytes: Uint8Array,
+  iface: { readonly Client: new (c: $.Client) => C },
+): C {
+  return new iface.Client(
+    node.restore((p) => p._initSturdyRef(bytes.length).copyBuffer(bytes))
+      .pipeline.getPipeline(AnyStruct, 0).client(),
+  );
+}
 
 Deno.test({
   name:
@@ -103,13 +116,7 @@ Deno.test({
         const restore = <C>(
           bytes: Uint8Array,
           iface: { readonly Client: new (c: $.Client) => C },
-        ) =>
-          new iface.Client(
-            again.restore((p) =>
-              p._initSturdyRef(bytes.length).copyBuffer(bytes)
-            )
-              .pipeline.getPipeline(AnyStruct, 0).client(),
-          );
+        ) => restoreVia(again, bytes, iface);
         const blob2 = restore(refs.blob, Blob);
         const all = await blob2.read((p) => {
           p.offsetBytes = 0n;
@@ -159,6 +166,38 @@ Deno.test({
           p._initValue()._initContent(11);
         }).getImmutable();
         await assert.rejects(tooBig.get().promise(), /QuotaExceededError/);
+
+        // A vat the node does not list may neither open roots nor present
+        // refs, even with the ref's bytes in hand.
+        const stranger = await StorageClient.create(VatIdentity.generate());
+        try {
+          const node2 = await stranger.connectReady(node);
+          await assert.rejects(
+            node2.root((p) => p.name = "alice").getRoot().usage().promise(),
+            /PermissionError/,
+          );
+          await assert.rejects(
+            restoreVia(node2, refs.blob, Blob).size().promise(),
+            /not a member of zone storage/,
+          );
+        } finally {
+          await stranger.close();
+        }
+
+        // A capability no storage node can restore cannot be stored.
+        const local = rpc.serve(Blob, {});
+        const carol = again.root((p) => p.name = "carol").getRoot().factory()
+          .getFactory();
+        await assert.rejects(
+          carol.newImmutable((p) => {
+            const slots = p._initValue()._initCaps(1);
+            $.utils.setInterfacePointer(
+              p.segment.message.addCap(local),
+              slots.get(0).cap,
+            );
+          }).getImmutable().get().promise(),
+          /capability 0 of the value cannot be stored/,
+        );
       } finally {
         await client.close();
         await node.kill();
