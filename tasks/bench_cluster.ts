@@ -6,6 +6,12 @@
  *   index (target >= 10,000). `placement_linear_scan_per_second` is the
  *   baseline measured in the same run: the same decision by scanning every
  *   worker.
+ * - `failover_seconds`: median time from SIGKILL to every process of a real
+ *   worker (services/worker/main.ts, its sandboxes and apps) to each of its
+ *   grains answering again (the app's UiView.getViewInfo over RPC, through
+ *   the worker) on another real worker, with two coordinator processes at
+ *   their default 3 s heartbeat timeout. Storage volumes are not part of
+ *   it yet: a grain restarts on the new worker's local volume.
  * - `failover_standin_seconds`: median time from a worker's SIGKILL to each
  *   of its grains answering again from another worker, with two real
  *   coordinator processes at their default heartbeat timeout (3 s) and
@@ -30,10 +36,16 @@ import {
   type CoordinatorProcess,
   eventually,
   killGroup,
+  type RealWorkerProcess,
   startCoordinator,
+  startRealWorker,
   startWorker,
   type WorkerProcess,
 } from "../tests/cluster/harness.ts";
+import { buildTestApps } from "../tests/apps/build.ts";
+import { encodeGrainSpec } from "../services/worker/service.ts";
+import { Worker } from "../proto/gen/worker.ts";
+import * as rpc from "../services/rpc/mod.ts";
 
 const WORKERS = 65_536;
 const GiB = 1024 ** 3;
@@ -191,6 +203,121 @@ async function benchFailover(): Promise<number> {
   }
 }
 
+/** Asks a worker for a grain's view info: the app itself answering. */
+async function grainAnswers(port: number, grainId: string): Promise<boolean> {
+  let connection: rpc.RpcConnection | undefined;
+  try {
+    connection = new rpc.RpcConnection(
+      await rpc.connectTcp({ hostname: "127.0.0.1", port }),
+    );
+    const worker = rpc.bootstrap(connection, Worker);
+    const view = worker.getView((p) => {
+      p.grainId = grainId;
+    }).getView();
+    await view.getViewInfo().promise();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    connection?.close();
+  }
+}
+
+/** See `failover_seconds` in the module comment. */
+async function benchRealFailover(): Promise<number> {
+  const apps = await buildTestApps();
+  const spk = await Deno.readFile(apps.notesSpk);
+  const dir = await Deno.makeTempDir({ prefix: "bench-failover-" });
+  // Grains run as their own uids and must reach the workers' folders.
+  await Deno.chmod(dir, 0o755);
+  const coordinators: CoordinatorProcess[] = [];
+  const workers: RealWorkerProcess[] = [];
+  const clients: CoordinatorClient[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      coordinators.push(
+        await startCoordinator({
+          stateFile: `${dir}/grains.sqlite`,
+          heartbeatTimeoutMs: 3000,
+          checkIntervalMs: 500,
+        }),
+      );
+    }
+    const ports = coordinators.map((c) => c.port);
+    let packageId = "";
+    for (let i = 0; i < 3; i++) {
+      const worker = await startRealWorker({
+        id: `worker${i}`,
+        index: i,
+        stateDir: `${dir}/worker${i}`,
+        coordinatorPorts: ports,
+      });
+      workers.push(worker);
+      const connection = new rpc.RpcConnection(
+        await rpc.connectTcp({ hostname: "127.0.0.1", port: worker.port }),
+      );
+      const client = rpc.bootstrap(connection, Worker);
+      const installed = await client.installPackage((p) => {
+        p._initSpk(spk.length).copyBuffer(spk);
+      }).promise();
+      packageId = installed.packageId;
+      connection.close();
+    }
+    for (const c of coordinators) {
+      clients.push(await CoordinatorClient.connect(c.port));
+    }
+    const portOf = new Map(workers.map((w) => [w.id, w.port]));
+    const spec = encodeGrainSpec({ packageId, isNew: true });
+    // Grains are opened until the first worker runs at least four.
+    const grains: string[] = [];
+    await eventually("grains run on every worker", async () => {
+      try {
+        const id = `grain${grains.length}`;
+        await clients[grains.length % 2].openGrain(id, spec, 64 << 20);
+        grains.push(id);
+      } catch {
+        // Workers are still sending their first heartbeats.
+      }
+      const placed = await clients[0].listGrains();
+      const onFirst = placed.filter((g) => g.workerId === "worker0").length;
+      return onFirst >= 4 && grains.length >= 10 ? true : undefined;
+    }, 120_000);
+    const placed = await clients[0].listGrains();
+    const victimGrains = placed.filter((g) => g.workerId === "worker0");
+    for (const g of placed) {
+      if (!(await grainAnswers(portOf.get(g.workerId)!, g.grainId))) {
+        throw new Error(`grain ${g.grainId} does not answer before the kill`);
+      }
+    }
+    const killedAt = performance.now();
+    killGroup(workers[0].process);
+    const seconds = await Promise.all(victimGrains.map(async (grain) => {
+      await eventually(`${grain.grainId} answers elsewhere`, async () => {
+        const now = (await clients[1].listGrains()).find((g) =>
+          g.grainId === grain.grainId
+        );
+        if (now === undefined || now.workerId === "worker0") return undefined;
+        return await grainAnswers(portOf.get(now.workerId)!, grain.grainId)
+          ? true
+          : undefined;
+      }, 120_000);
+      return (performance.now() - killedAt) / 1000;
+    }));
+    seconds.sort((a, b) => a - b);
+    console.log(
+      `failover: ${seconds.length} grains of a killed real worker answered ` +
+        `on another after ${seconds[0].toFixed(2)}-` +
+        `${seconds[seconds.length - 1].toFixed(2)} s`,
+    );
+    return seconds[seconds.length >> 1];
+  } finally {
+    for (const client of clients) client.close();
+    for (const w of workers) await w.process.stop();
+    for (const c of coordinators) await c.process.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
 if (import.meta.main) {
   const { indexed, linear } = benchPlacement();
   console.log(
@@ -198,7 +325,9 @@ if (import.meta.main) {
       `linear scan ${linear.toFixed(0)}/s (${(indexed / linear).toFixed(0)}x)`,
   );
   const failover = await benchFailover();
+  const realFailover = await benchRealFailover();
   console.log(`result placement_per_second ${indexed.toFixed(0)}`);
   console.log(`result placement_linear_scan_per_second ${linear.toFixed(0)}`);
+  console.log(`result failover_seconds ${realFailover.toFixed(3)}`);
   console.log(`result failover_standin_seconds ${failover.toFixed(3)}`);
 }

@@ -251,6 +251,14 @@ export class Coordinator {
           error,
         });
         failed.add(workerId);
+        // The record must not name a worker that does not run the grain,
+        // or the next open would trust it. Losing this race is fine: then
+        // another coordinator has already moved the grain.
+        await this.#state.compareAndSet(
+          key,
+          result.version,
+          encoder.encode(JSON.stringify({ ...record, workerId: null })),
+        );
         continue;
       }
       this.#log.info("grain-started", {

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { Logger } from "../../services/runtime/log.ts";
 import {
   Coordinator,
+  GrainStartError,
   type WorkerHandle,
 } from "../../services/coordinator/coordinator.ts";
 import { SqliteStateStore } from "../../services/coordinator/shared_state.ts";
@@ -285,5 +286,23 @@ Deno.test("compare-and-set holds across processes sharing the state file", async
     assert.equal(counter!.version, 120);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a grain whose start failed everywhere is not recorded as running", async () => {
+  const f = await fixture();
+  try {
+    const c = f.coordinator();
+    f.beat([c], ["w1", "w2"]);
+    f.workers.failing.add("w1");
+    f.workers.failing.add("w2");
+    await assert.rejects(c.openGrain("doomed", needs), GrainStartError);
+    assert.equal((await c.locate("doomed"))!.workerId, null);
+    f.workers.failing.clear();
+    f.beat([c], ["w1", "w2"]); // failed workers are placed again after this
+    const record = await c.openGrain("doomed", needs);
+    assert.equal(f.workers.whereIs("doomed"), record.workerId);
+  } finally {
+    await f.cleanup();
   }
 });

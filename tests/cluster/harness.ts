@@ -136,13 +136,15 @@ export class CoordinatorClient {
 
   async openGrain(
     grainId: string,
-    spec: string,
+    spec: string | Uint8Array,
     memoryBytes = 256 << 20,
   ): Promise<{ workerId: string; epoch: number }> {
     const result = await this.#coordinator.openGrain((params) => {
       params.grainId = grainId;
       params._initNeeds().memoryBytes = BigInt(memoryBytes);
-      const bytes = new TextEncoder().encode(spec);
+      const bytes = typeof spec === "string"
+        ? new TextEncoder().encode(spec)
+        : spec;
       params._initSpec(bytes.length).copyBuffer(bytes);
     }).promise();
     return {
@@ -197,4 +199,70 @@ export function killGroup(process: ServerProcess): void {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
+}
+
+/** A real worker role process (services/worker/main.ts). */
+export interface RealWorkerProcess {
+  id: string;
+  process: ServerProcess;
+  port: number;
+  stateDir: string;
+}
+
+/**
+ * Starts the real worker role on loopback under the permissions its main
+ * documents, heartbeating to the given coordinators with `id` as its
+ * worker ID. Needs root and the memory cgroup controller.
+ */
+export async function startRealWorker(options: {
+  id: string;
+  index: number;
+  stateDir: string;
+  coordinatorPorts: number[];
+}): Promise<RealWorkerProcess> {
+  const port = freePort();
+  const { stateDir } = options;
+  await Deno.mkdir(stateDir, { recursive: true });
+  const [command, ...args] = roleCommand({
+    deno: Deno.execPath(),
+    entry: `${root}services/worker/main.ts`,
+    permissions: {
+      net: ["127.0.0.1", `unix:${stateDir}/api.sock`],
+      read: [stateDir],
+      write: [stateDir],
+      run: ["bash", "chown", "sync", "xz"],
+      ffi: ["/lib/x86_64-linux-gnu/libc.so.6"],
+      sys: ["systemMemoryInfo", "loadavg"],
+    },
+    overrides: [
+      `stateDir=${stateDir}`,
+      "listen.hostname=127.0.0.1",
+      `listen.port=${port}`,
+      `cgroupName=blackrock-cluster-${Deno.pid}-${options.index}`,
+      `uidFirst=${70_000 + (Deno.pid % 100) * 200 + options.index * 20}`,
+      "uidCount=20",
+      `workerId=${options.id}`,
+      "heartbeatIntervalMs=300",
+      `coordinators=${
+        JSON.stringify(
+          options.coordinatorPorts.map((p) => ({
+            hostname: "127.0.0.1",
+            port: p,
+          })),
+        )
+      }`,
+    ],
+  });
+  const process = spawnServer({
+    name: `worker:${options.id}`,
+    command,
+    args,
+    env: { BLACKROCK_LOG_LEVEL: "info" },
+    stopGraceMs: 15_000,
+  });
+  await process.waitReady(() => process.log.includes('"event":"started"'), {
+    what: `worker ${options.id} starts`,
+    timeoutMs: 60_000,
+  });
+  return { id: options.id, process, port, stateDir };
 }
