@@ -44,6 +44,8 @@ struct GrainUsage {
   startedAtMs @7 :Int64;
   exitCode @8 :Int32;
   # Meaningful when the grain ended.
+  cpuNanoseconds @9 :UInt64;
+  # CPU time, user and system, since the grain started.
 }
 
 struct MachineUsage {

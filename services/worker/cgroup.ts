@@ -68,17 +68,36 @@ function readKeyed(path: string): Map<string, number> {
   return map;
 }
 
-/** The memory cgroup of one grain. */
+/** The memory cgroup of one grain (and on v1 its cpuacct twin). */
 export class GrainCgroup {
   constructor(
     readonly version: CgroupVersion,
     /** Absolute path of the group's directory. */
     readonly path: string,
+    /** v1 only: the grain's group in the cpuacct hierarchy, if mounted. */
+    readonly cpuPath?: string,
   ) {}
 
   /** The file a launcher writes its own pid into to join the group. */
   get procsFile(): string {
     return `${this.path}/cgroup.procs`;
+  }
+
+  /** Every procs file a launcher joins (memory, then cpuacct on v1). */
+  get procsFiles(): string[] {
+    return this.cpuPath === undefined
+      ? [this.procsFile]
+      : [this.procsFile, `${this.cpuPath}/cgroup.procs`];
+  }
+
+  /** CPU time the grain used, user and system, in nanoseconds. */
+  cpuNanoseconds(): number {
+    if (this.version === 2) {
+      const usec = readKeyed(`${this.path}/cpu.stat`).get("usage_usec");
+      return (usec ?? 0) * 1000;
+    }
+    if (this.cpuPath === undefined) return 0;
+    return readNumber(`${this.cpuPath}/cpuacct.usage`) ?? 0;
   }
 
   /** Sets the hard memory limit. */
@@ -162,18 +181,24 @@ export class GrainCgroup {
     throw new Error(`processes remain in ${this.path} after SIGKILL`);
   }
 
-  /** Removes the (empty) group. */
+  /** Kills what is left in the group and removes it. */
   async remove(): Promise<void> {
     await this.killAll();
-    for (let attempt = 0;; attempt++) {
-      try {
-        removeKernelDirectory(this.path);
-        return;
-      } catch (error) {
-        // The kernel may still be tearing down the last task (EBUSY).
-        if (attempt >= 50) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
+    for (const path of [this.path, this.cpuPath]) {
+      if (path !== undefined) await removeWhenEmpty(path);
+    }
+  }
+}
+
+async function removeWhenEmpty(path: string): Promise<void> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      removeKernelDirectory(path);
+      return;
+    } catch (error) {
+      // The kernel may still be tearing down the last task (EBUSY).
+      if (attempt >= 50) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 10));
     }
   }
 }
@@ -184,6 +209,8 @@ export class CgroupTree {
     readonly version: CgroupVersion,
     /** Absolute path of the worker's group. */
     readonly path: string,
+    /** v1: the worker's group in the cpuacct hierarchy, if mounted. */
+    readonly cpuPath?: string,
   ) {}
 
   /** Creates (or reuses) the worker's group `name` under the memory
@@ -205,25 +232,45 @@ export class CgroupTree {
         writeKernelFile(`${path}/memory.use_hierarchy`, "1");
       } catch { /* already set */ }
     }
-    return await Promise.resolve(new CgroupTree(version, path));
+    // v1 keeps CPU accounting in a hierarchy of its own.
+    const cpuRoot = `${mountRoot ?? "/sys/fs/cgroup"}/cpuacct`;
+    let cpuPath: string | undefined;
+    if (version === 1 && kernelFileExists(`${cpuRoot}/cpuacct.usage`)) {
+      cpuPath = `${cpuRoot}/${name}`;
+      makeKernelDirectory(cpuPath);
+    }
+    return await Promise.resolve(new CgroupTree(version, path, cpuPath));
+  }
+
+  /** Removes the worker's (empty) groups. */
+  async remove(): Promise<void> {
+    for (const path of [this.path, this.cpuPath]) {
+      if (path !== undefined) await removeWhenEmpty(path);
+    }
+  }
+
+  #child(grainName: string): GrainCgroup {
+    if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {
+      throw new RangeError(`bad grain cgroup ${JSON.stringify(grainName)}`);
+    }
+    return new GrainCgroup(
+      this.version,
+      `${this.path}/${grainName}`,
+      this.cpuPath === undefined ? undefined : `${this.cpuPath}/${grainName}`,
+    );
   }
 
   /** A handle on a child group that may already exist (for clean-up). */
   adopt(grainName: string): GrainCgroup {
-    if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {
-      throw new RangeError(`bad grain cgroup ${JSON.stringify(grainName)}`);
-    }
-    return new GrainCgroup(this.version, `${this.path}/${grainName}`);
+    return this.#child(grainName);
   }
 
   /** Makes the group for one grain with a hard memory limit. */
   async create(grainName: string, limitBytes: number): Promise<GrainCgroup> {
-    if (!/^[A-Za-z0-9_.-]+$/.test(grainName)) {
-      throw new RangeError(`bad grain cgroup ${JSON.stringify(grainName)}`);
-    }
-    const group = new GrainCgroup(this.version, `${this.path}/${grainName}`);
+    const group = this.#child(grainName);
     await group.remove();
     makeKernelDirectory(group.path);
+    if (group.cpuPath !== undefined) makeKernelDirectory(group.cpuPath);
     group.setLimit(limitBytes);
     return group;
   }

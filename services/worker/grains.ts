@@ -23,12 +23,7 @@ import {
   startSandbox,
 } from "./sandbox.ts";
 import { grainFilterBytes } from "./seccomp.ts";
-import {
-  bindMount,
-  detachMount,
-  makeShared,
-  removeKernelDirectory,
-} from "./kernel_files.ts";
+import { bindMount, detachMount, makeShared } from "./kernel_files.ts";
 import { GrainSupervisor } from "./supervisor.ts";
 
 /** Where and how a worker keeps its grains. */
@@ -74,6 +69,8 @@ export interface GrainStatus {
   memoryLimitBytes: number;
   memoryBytes: number;
   memoryPeakBytes: number;
+  /** CPU time used since the grain started, user and system. */
+  cpuNanoseconds: number;
   startedAtMs: number;
   exit?: GrainExit;
 }
@@ -621,6 +618,7 @@ export class GrainManager {
       memoryLimitBytes: record.memoryLimitBytes,
       memoryBytes: running ? await running.cgroup.usageBytes() : 0,
       memoryPeakBytes: running ? (await running.cgroup.peakBytes()) ?? 0 : 0,
+      cpuNanoseconds: running ? running.cgroup.cpuNanoseconds() : 0,
       startedAtMs: record.startedAtMs,
       exit: record.exit,
     };
@@ -671,11 +669,9 @@ export class GrainManager {
       for (const sandbox of pool.splice(0)) await this.#dispose(sandbox);
     }
     this.#hub.close();
-    try {
-      removeKernelDirectory(this.#cgroups.path);
-    } catch (error) {
-      this.#log.warn("cgroup-remove-failed", { error });
-    }
+    await this.#cgroups.remove().catch((error) =>
+      this.#log.warn("cgroup-remove-failed", { error })
+    );
   }
 }
 

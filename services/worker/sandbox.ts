@@ -66,7 +66,7 @@ export interface SandboxProcess {
   release(): Promise<void>;
 }
 
-// Runs as root: move the inherited API socket to fd 3, join the cgroup,
+// Runs as root: move the inherited API socket to fd 3, join the cgroups,
 // then drop to the grain's uid and start bubblewrap with the filter on
 // fd 10.
 const LAUNCHER = `
@@ -74,7 +74,9 @@ if [ "$BR_API_FD" != 3 ]; then
   exec 3<&"$BR_API_FD" || exit 120
   eval "exec $BR_API_FD<&-"
 fi
-echo $$ >"$BR_CGROUP_PROCS" || exit 122
+for procs in $BR_CGROUP_PROCS; do
+  echo $$ >"$procs" || exit 122
+done
 exec setpriv --reuid="$BR_UID" --regid="$BR_UID" --clear-groups \\
   --inh-caps=-all --bounding-set=-all bwrap "$@" 10<"$BR_SECCOMP"
 `;
@@ -221,7 +223,7 @@ export async function startSandbox(
       clearEnv: true,
       env: {
         BR_API_FD: String(fd),
-        BR_CGROUP_PROCS: spec.cgroup.procsFile,
+        BR_CGROUP_PROCS: spec.cgroup.procsFiles.join(" "),
         BR_UID: String(spec.hostUid),
         BR_SECCOMP: spec.seccompFile,
         PATH: "/usr/sbin:/usr/bin:/sbin:/bin",

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { buildSpk, generateKey, unpackSpk } from "../spk/mod.ts";
 import { ApiSocketHub } from "./api_socket.ts";
-import { CgroupTree } from "./cgroup.ts";
+import { CgroupTree, type GrainCgroup } from "./cgroup.ts";
 import { grainFilterBytes } from "./seccomp.ts";
 import { prepareVolume, type SandboxProcess, startSandbox } from "./sandbox.ts";
 
@@ -40,6 +40,11 @@ async function setUp() {
   );
   const hub = ApiSocketHub.open(`${dir}/api.sock`);
   const running: SandboxProcess[] = [];
+  const groups: GrainCgroup[] = [];
+  const track = async (group: Promise<GrainCgroup>) => {
+    groups.push(await group);
+    return groups[groups.length - 1];
+  };
 
   const start = async (
     name: string,
@@ -55,7 +60,7 @@ async function setUp() {
       hostUid,
       command: { argv: ["/probe", ...argv], environ: [] },
       tmpBytes: 8 << 20,
-      cgroup: await cgroups.create(name, memoryBytes),
+      cgroup: await track(cgroups.create(name, memoryBytes)),
       seccompFile: `${dir}/seccomp.bpf`,
     }, hub);
     running.push(process);
@@ -65,12 +70,8 @@ async function setUp() {
   const close = async () => {
     for (const process of running) await process.kill();
     hub.close();
-    for await (const entry of Deno.readDir(cgroups.path)) {
-      if (entry.isDirectory) {
-        await Deno.remove(`${cgroups.path}/${entry.name}`).catch(() => {});
-      }
-    }
-    await Deno.remove(cgroups.path).catch(() => {});
+    for (const group of groups) await group.remove();
+    await cgroups.remove();
     await Deno.remove(dir, { recursive: true });
   };
   return { dir, start, close, cgroups };

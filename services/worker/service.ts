@@ -55,6 +55,7 @@ function writeUsage(status: GrainStatus, usage: GrainUsage) {
   usage.memoryPeakBytes = BigInt(status.memoryPeakBytes);
   usage.startedAtMs = BigInt(status.startedAtMs);
   usage.exitCode = status.exit?.code ?? 0;
+  usage.cpuNanoseconds = BigInt(status.cpuNanoseconds);
 }
 
 /** Reads a GrainSpec message as the coordinator passes it (bytes). */

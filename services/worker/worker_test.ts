@@ -117,6 +117,7 @@ Deno.test("the worker process installs, starts, stops, restores, lists and delet
     assert.equal(usage.state, GrainState.RUNNING);
     assert.ok(usage.hostUid >= 64000);
     assert.ok(usage.memoryBytes > 0n);
+    assert.ok(usage.cpuNanoseconds > 0n);
     const machine = await worker.machineUsage().promise();
     assert.equal(machine.usage.runningGrains, 1);
     assert.ok(machine.usage.memoryTotalBytes > 0n);

@@ -337,6 +337,7 @@ Deno.test("a grain past its memory limit is killed and reported; the worker keep
     const steady = await manager.status("steady");
     assert.equal(steady?.state, "running");
     assert.ok(steady!.memoryBytes > 0);
+    assert.ok(steady!.cpuNanoseconds > 0);
     assert.equal(
       (await call(supervisor, session, "GET", "/files/a")).text,
       "still here",
