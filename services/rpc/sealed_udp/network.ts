@@ -128,6 +128,9 @@ export interface SealedUdpNetworkOptions {
   initialWindowBytes?: number;
   /** Fragments a receiver holds beyond its in-order point. Default 4096. */
   windowFragments?: number;
+  /** Connections one peer may have open with this vat; more are refused
+   * with a RESET. Default 256. */
+  maxConnectionsPerPeer?: number;
   /** Kernel socket buffer sizes. Default 8 MiB each. */
   socketBufferBytes?: number;
 }
@@ -151,6 +154,7 @@ const METRIC_NAMES = [
   "connectionsOpened",
   "connectionsAccepted",
   "connectionsFailed",
+  "connectionsRefused",
   "peerRestarts",
   "resetsSent",
   "resetsReceived",
@@ -306,6 +310,7 @@ export class SealedUdpNetwork implements VatNetwork {
       initialWindowBytes: options.initialWindowBytes ?? 64 * 1200,
       windowFragments: options.windowFragments ?? 4096,
       socketBufferBytes: options.socketBufferBytes ?? 8 * 1024 * 1024,
+      maxConnectionsPerPeer: options.maxConnectionsPerPeer ?? 256,
     };
     for (const name of METRIC_NAMES) this.#metrics[name] = 0;
     const random = crypto.getRandomValues(new Uint32Array(2));
@@ -967,6 +972,19 @@ export class SealedUdpNetwork implements VatNetwork {
         this.#markDirty(peer);
         return;
       }
+      if (peer.connections.size >= this.#options.maxConnectionsPerPeer) {
+        // A peer (even an authenticated one: workers are suspect) must not
+        // be able to exhaust memory by opening connections.
+        this.#count("connectionsRefused");
+        peer.resets.push({
+          type: FRAME_RESET,
+          conn: frame.conn,
+          reason: ResetReason.TooManyConnections,
+        });
+        peer.closedNumbers.set(frame.conn, now + CLOSED_MEMORY_MS);
+        this.#markDirty(peer);
+        return;
+      }
       connection = this.#newConnection(peer, frame.conn, false);
       this.#count("connectionsAccepted");
       const waiter = this.#acceptWaiters.shift();
@@ -1016,6 +1034,8 @@ export class SealedUdpNetwork implements VatNetwork {
           new TransportClosedError(
             frame.reason === ResetReason.MessageTooLarge
               ? "peer refused a message over its size limit"
+              : frame.reason === ResetReason.TooManyConnections
+              ? "peer refused the connection: too many open from this vat"
               : "peer does not know this connection (it was closed)",
           ),
         );

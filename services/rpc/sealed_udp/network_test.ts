@@ -523,3 +523,36 @@ Deno.test("first packets replayed to a restarted vat open no connection", async 
     await relay.close();
   }
 });
+
+Deno.test("a peer that opens too many connections is refused, and its others go on", async () => {
+  const a = await SealedUdpNetwork.create({ identity: VatIdentity.generate() });
+  const b = await SealedUdpNetwork.create({
+    identity: VatIdentity.generate(),
+    maxConnectionsPerPeer: 2,
+  });
+  try {
+    a.directory.set(b.vatId, b.address);
+    b.directory.set(a.vatId, a.address);
+    // A closed connection lingers on B for a while, so it still counts.
+    const first = a.connect(b.vatId);
+    first.send(patterned(0, 10));
+    const firstAccepted = await b.accept();
+    await expectMessages(firstAccepted, 0, 1, 10);
+    first.close();
+    assert.equal(await firstAccepted.receive(), null);
+
+    const second = a.connect(b.vatId);
+    second.send(patterned(1, 10));
+    const secondAccepted = await b.accept();
+    await expectMessages(secondAccepted, 1, 2, 10);
+
+    second.close();
+    const third = a.connect(b.vatId);
+    third.send(patterned(2, 10));
+    await assert.rejects(third.receive(), /too many open/);
+    assert.equal(b.metrics().connectionsRefused, 1);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});

@@ -77,6 +77,7 @@ export const FLAG_CLOSE = 2;
 export enum ResetReason {
   UnknownConnection = 0,
   MessageTooLarge = 1,
+  TooManyConnections = 2,
 }
 
 /** Bytes that do not parse as this format. */
