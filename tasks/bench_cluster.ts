@@ -16,9 +16,8 @@
  *   of its grains answering again from another worker, with two real
  *   coordinator processes at their default heartbeat timeout (3 s) and
  *   stand-in worker processes (tests/cluster/harness.ts). It measures
- *   detection, re-placement and the restart call; it does not include a
- *   real grain's boot (sandbox, volume attach), so it is not yet the
- *   issue's `failover_seconds`, which needs the real worker role.
+ *   detection, re-placement and the restart call alone, without a real
+ *   grain's boot, for comparison with `failover_seconds`.
  *
  * @module
  */
@@ -35,8 +34,11 @@ import {
   CoordinatorClient,
   type CoordinatorProcess,
   eventually,
+  grainAnswers,
+  installPackage,
   killGroup,
   type RealWorkerProcess,
+  removeCgroups,
   startCoordinator,
   startRealWorker,
   startWorker,
@@ -44,8 +46,6 @@ import {
 } from "../tests/cluster/harness.ts";
 import { buildTestApps } from "../tests/apps/build.ts";
 import { encodeGrainSpec } from "../services/worker/service.ts";
-import { Worker } from "../proto/gen/worker.ts";
-import * as rpc from "../services/rpc/mod.ts";
 
 const WORKERS = 65_536;
 const GiB = 1024 ** 3;
@@ -203,26 +203,6 @@ async function benchFailover(): Promise<number> {
   }
 }
 
-/** Asks a worker for a grain's view info: the app itself answering. */
-async function grainAnswers(port: number, grainId: string): Promise<boolean> {
-  let connection: rpc.RpcConnection | undefined;
-  try {
-    connection = new rpc.RpcConnection(
-      await rpc.connectTcp({ hostname: "127.0.0.1", port }),
-    );
-    const worker = rpc.bootstrap(connection, Worker);
-    const view = worker.getView((p) => {
-      p.grainId = grainId;
-    }).getView();
-    await view.getViewInfo().promise();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    connection?.close();
-  }
-}
-
 /** See `failover_seconds` in the module comment. */
 async function benchRealFailover(): Promise<number> {
   const apps = await buildTestApps();
@@ -253,15 +233,7 @@ async function benchRealFailover(): Promise<number> {
         coordinatorPorts: ports,
       });
       workers.push(worker);
-      const connection = new rpc.RpcConnection(
-        await rpc.connectTcp({ hostname: "127.0.0.1", port: worker.port }),
-      );
-      const client = rpc.bootstrap(connection, Worker);
-      const installed = await client.installPackage((p) => {
-        p._initSpk(spk.length).copyBuffer(spk);
-      }).promise();
-      packageId = installed.packageId;
-      connection.close();
+      packageId = await installPackage(worker.port, spk);
     }
     for (const c of coordinators) {
       clients.push(await CoordinatorClient.connect(c.port));
@@ -314,6 +286,7 @@ async function benchRealFailover(): Promise<number> {
     for (const client of clients) client.close();
     for (const w of workers) await w.process.stop();
     for (const c of coordinators) await c.process.stop();
+    await removeCgroups(workers.map((w) => w.cgroupName));
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }

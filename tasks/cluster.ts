@@ -108,6 +108,28 @@ export interface SimulatedCluster {
   stop(): Promise<void>;
 }
 
+/**
+ * Removes memory cgroups that workers killed with SIGKILL left behind
+ * (children first; a cgroup that still has processes stays).
+ */
+export async function removeCgroups(names: string[]): Promise<void> {
+  const remove = async (path: string): Promise<void> => {
+    try {
+      for await (const entry of Deno.readDir(path)) {
+        if (entry.isDirectory) await remove(`${path}/${entry.name}`);
+      }
+      await Deno.remove(path);
+    } catch {
+      // Gone already, or still in use.
+    }
+  };
+  for (const name of names) {
+    for (const base of ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]) {
+      await remove(`${base}/${name}`);
+    }
+  }
+}
+
 async function pidsIn(namespace: string): Promise<number[]> {
   const command = new Deno.Command("ip", {
     args: ["netns", "pids", namespace],
@@ -225,6 +247,9 @@ export async function startSimulatedCluster(options: {
         }
       }
       await network.stop();
+      await removeCgroups(
+        state.addresses.map((_, i) => `blackrock-worker-m${i + 1}`),
+      );
     },
   };
   try {

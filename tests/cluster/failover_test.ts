@@ -1,7 +1,8 @@
 // Failover across processes: two real coordinator processes sharing their
-// state file, and stand-in worker processes that speak the coordinator's
+// state file, with stand-in worker processes that speak the coordinator's
 // real RPC protocol (see harness.ts for what the stand-in does and does
-// not do). Machines die by SIGKILL to their whole process group.
+// not do), and with the real worker role. Machines die by SIGKILL to their
+// whole process group.
 import assert from "node:assert/strict";
 import {
   askGrain,
@@ -9,11 +10,18 @@ import {
   type CoordinatorClient as Client,
   type CoordinatorProcess,
   eventually,
+  grainAnswers,
+  installPackage,
   killGroup,
+  type RealWorkerProcess,
+  removeCgroups,
   startCoordinator,
+  startRealWorker,
   startWorker,
   type WorkerProcess,
 } from "./harness.ts";
+import { buildTestApps } from "../apps/build.ts";
+import { encodeGrainSpec } from "../../services/worker/service.ts";
 
 interface Cluster {
   coordinators: CoordinatorProcess[];
@@ -129,4 +137,77 @@ Deno.test("draining a worker moves its grains before it leaves", async () => {
       assert.notEqual(answer.workerId, leaving.id);
     }
   });
+});
+
+Deno.test("grains of a killed real worker answer again from another real worker", async () => {
+  // The real worker role, its sandboxes and the notes app; no storage role
+  // yet, so a grain restarts on the new worker's own (new) volume.
+  const apps = await buildTestApps();
+  const spk = await Deno.readFile(apps.notesSpk);
+  const dir = await Deno.makeTempDir({ prefix: "real-failover-test-" });
+  await Deno.chmod(dir, 0o755); // grains run as their own uids
+  const coordinators: CoordinatorProcess[] = [];
+  const workers: RealWorkerProcess[] = [];
+  const clients: Client[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      coordinators.push(
+        await startCoordinator({ stateFile: `${dir}/grains.sqlite` }),
+      );
+    }
+    let packageId = "";
+    for (let i = 0; i < 2; i++) {
+      const worker = await startRealWorker({
+        id: `real${i}`,
+        index: i,
+        stateDir: `${dir}/real${i}`,
+        coordinatorPorts: coordinators.map((c) => c.port),
+      });
+      workers.push(worker);
+      packageId = await installPackage(worker.port, spk);
+    }
+    for (const c of coordinators) {
+      clients.push(await CoordinatorClient.connect(c.port));
+    }
+    const spec = encodeGrainSpec({ packageId, isNew: true });
+    const portOf = new Map(workers.map((w) => [w.id, w.port]));
+    let opened = 0;
+    await eventually("both workers run grains", async () => {
+      try {
+        await clients[opened % 2].openGrain(`r${opened}`, spec, 64 << 20);
+        opened++;
+      } catch {
+        // Workers are still sending their first heartbeats.
+      }
+      const placed = await clients[0].listGrains();
+      const hosts = new Set(placed.map((g) => g.workerId));
+      return hosts.size === 2 && opened >= 4 ? true : undefined;
+    }, 60_000);
+    const placed = await clients[0].listGrains();
+    for (const g of placed) {
+      assert.ok(
+        await grainAnswers(portOf.get(g.workerId)!, g.grainId),
+        `${g.grainId} answers on ${g.workerId}`,
+      );
+    }
+    const victim = placed[0].workerId;
+    killGroup(workers.find((w) => w.id === victim)!.process);
+    for (const grain of placed.filter((g) => g.workerId === victim)) {
+      await eventually(`${grain.grainId} answers elsewhere`, async () => {
+        const now = (await clients[1].listGrains()).find((g) =>
+          g.grainId === grain.grainId
+        );
+        if (now === undefined || now.workerId === victim) return undefined;
+        return await grainAnswers(portOf.get(now.workerId)!, grain.grainId)
+          ? true
+          : undefined;
+      }, 60_000);
+    }
+  } finally {
+    for (const client of clients) client.close();
+    for (const w of workers) await w.process.stop();
+    for (const c of coordinators) await c.process.stop();
+    await removeCgroups(workers.map((w) => w.cgroupName));
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 });

@@ -17,6 +17,8 @@ import {
   type Coordinator$Client,
 } from "../../proto/gen/coordinator.ts";
 import { roleCommand } from "../../services/runtime/permissions.ts";
+import { Worker } from "../../proto/gen/worker.ts";
+export { removeCgroups } from "../../tasks/cluster.ts";
 import {
   freePort,
   type ServerProcess,
@@ -207,6 +209,8 @@ export interface RealWorkerProcess {
   process: ServerProcess;
   port: number;
   stateDir: string;
+  /** Its memory cgroup, to remove with removeCgroups after a SIGKILL. */
+  cgroupName: string;
 }
 
 /**
@@ -264,5 +268,53 @@ export async function startRealWorker(options: {
     what: `worker ${options.id} starts`,
     timeoutMs: 60_000,
   });
-  return { id: options.id, process, port, stateDir };
+  return {
+    id: options.id,
+    process,
+    port,
+    stateDir,
+    cgroupName: `blackrock-cluster-${Deno.pid}-${options.index}`,
+  };
+}
+
+/** Asks a worker for a grain's view info: the app itself answering. */
+export async function grainAnswers(
+  port: number,
+  grainId: string,
+): Promise<boolean> {
+  let connection: rpc.RpcConnection | undefined;
+  try {
+    connection = new rpc.RpcConnection(
+      await rpc.connectTcp({ hostname: "127.0.0.1", port }),
+    );
+    const worker = rpc.bootstrap(connection, Worker);
+    const view = worker.getView((p) => {
+      p.grainId = grainId;
+    }).getView();
+    await view.getViewInfo().promise();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    connection?.close();
+  }
+}
+
+/** Installs a package on a real worker; returns its package ID. */
+export async function installPackage(
+  port: number,
+  spk: Uint8Array,
+): Promise<string> {
+  const connection = new rpc.RpcConnection(
+    await rpc.connectTcp({ hostname: "127.0.0.1", port }),
+  );
+  try {
+    const worker = rpc.bootstrap(connection, Worker);
+    const installed = await worker.installPackage((p) => {
+      p._initSpk(spk.length).copyBuffer(spk);
+    }).promise();
+    return installed.packageId;
+  } finally {
+    connection.close();
+  }
 }
