@@ -123,9 +123,16 @@ export async function removeCgroups(names: string[]): Promise<void> {
       // Gone already, or still in use.
     }
   };
+  const exists = (path: string) =>
+    Deno.stat(path).then(() => true, () => false);
   for (const name of names) {
     for (const base of ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]) {
-      await remove(`${base}/${name}`);
+      // The last processes of a killed sandbox may take a moment to leave.
+      for (let attempt = 0; attempt < 20; attempt++) {
+        await remove(`${base}/${name}`);
+        if (!(await exists(`${base}/${name}`))) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
     }
   }
 }
