@@ -251,21 +251,16 @@ export abstract class Ans implements CapnpAnswer<$.Struct> {
   }
 
   /** What generated code calls when a pipelined client is closed: the
-   * capability at that path is released once the results settle. */
+   * results' reference at that path is dropped once they arrive. (Not
+   * what it resolves to further on: that may be a capability the results'
+   * one points to, whose references are someone else's.) */
   pipelineClose(transform: PipelineOp[]): void {
-    closeWhenSettled(this.pipelineCap(transform));
+    const path = [...transform];
+    this.results().then(
+      (root) => capabilityAt(root, path).close(),
+      () => {},
+    );
   }
-}
-
-/** Closes what `cap` settles to, once it has settled. */
-export function closeWhenSettled(cap: Cap): void {
-  const settled = shorten(cap);
-  const pending = settled.whenResolved();
-  if (pending === undefined) {
-    settled.close();
-    return;
-  }
-  pending.then(closeWhenSettled);
 }
 
 /** A capability that fails every call with one error. Also stands for a
@@ -341,10 +336,12 @@ export class PromiseCap extends Cap {
     }
     this.#target = target;
     this.#owned = options?.borrowed !== true;
-    if (this.refCount === 0 && this.#owned) target.close();
     const queue = this.#queue;
     this.#queue = [];
     for (const { call, answer } of queue) answer.forward(target.send(call));
+    // Calls queued before every reference was dropped still reach the
+    // target; only then may it go.
+    if (this.refCount === 0 && this.#owned) target.close();
     this.#settle(target);
   }
 
@@ -489,6 +486,7 @@ function parseKey(key: string): PipelineOp[] {
 export class LocalCap extends Cap {
   readonly #servers = new Map<bigint, $.Server>();
   readonly #onClose: (() => void) | undefined;
+  #deferred = 0;
 
   constructor(servers: readonly $.Server[], onClose?: () => void) {
     super();
@@ -545,10 +543,19 @@ export class LocalCap extends Cap {
     const run = () => method.impl.call(server.target, params, results);
     // A call from a peer already runs on its own turn (the connection's
     // read loop) and starts at once; a local caller's call starts on a
-    // later microtask, never inside the caller's own stack.
-    const started = resultsAt !== undefined
-      ? invoke(run)
-      : Promise.resolve().then(run);
+    // later microtask, never inside the caller's own stack. Calls start in
+    // the order they came either way: while any deferred call has not
+    // started, a peer's call waits behind it.
+    let started: Promise<void>;
+    if (resultsAt !== undefined && this.#deferred === 0) {
+      started = invoke(run);
+    } else {
+      this.#deferred++;
+      started = Promise.resolve().then(() => {
+        this.#deferred--;
+        return run();
+      });
+    }
     started.then(
       () => answer.fulfill(results),
       (error) => answer.fail(toRpcError(error)),

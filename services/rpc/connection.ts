@@ -1482,8 +1482,6 @@ class PipelineCap extends Cap {
   readonly #settled: Promise<Cap>;
   #settle!: (cap: Cap) => void;
 
-  #closed = false;
-
   constructor(
     readonly question: Question,
     readonly transform: Transform,
@@ -1534,17 +1532,12 @@ class PipelineCap extends Cap {
     } else {
       this.#target = resolution;
     }
-    if (this.ownsTarget && this.#closed) resolution.close();
     this.#settle(this.#target);
   }
 
   protected dispose(): void {
-    this.#closed = true;
-    if (this.ownsTarget && this.#target !== undefined) {
-      // The bootstrap import is what the caller owned through this cap.
-      const resolved = shorten(this.#target);
-      resolved.close();
-    }
+    // The bootstrap's reference is the one in its answer's results.
+    if (this.ownsTarget) this.question.pipelineClose([...this.transform]);
   }
 
   resolved(): Cap | undefined {
