@@ -256,6 +256,13 @@ export abstract class Ans implements CapnpAnswer<$.Struct> {
    * one points to, whose references are someone else's.) */
   pipelineClose(transform: PipelineOp[]): void {
     const path = [...transform];
+    const outcome = this.peek();
+    if (outcome !== undefined) {
+      // Settled: release now, so that the peer hears of it before any
+      // call made after this.
+      if (outcome.root !== undefined) capabilityAt(outcome.root, path).close();
+      return;
+    }
     this.results().then(
       (root) => capabilityAt(root, path).close(),
       () => {},
