@@ -7,7 +7,7 @@
  *   node sealing and writing 4 MiB chunks to radosgw) divided by one AWS SDK
  *   PutObject of the same 64 MiB straight to the same radosgw; throughput
  *   ratio (higher is better). Target: at least 0.7.
- * - blob_get_vs_s3: the same blob read back (Blob.read of 4 MiB, 4 in
+ * - blob_get_vs_s3: the same blob read back (Blob.read of 4 MiB, 8 in
  *   flight) divided by one GetObject. Target: at least 0.7.
  * - volume_4k_vs_local: random 4 KiB write then sync, one at a time, in
  *   operations per second on the radosgw disk divided by on a local
@@ -246,7 +246,7 @@ try {
         }).promise().then((r) => received += r.data.length);
         const tracked = call.finally(() => inFlight.delete(tracked));
         inFlight.add(tracked);
-        if (inFlight.size >= 4) await Promise.race(inFlight);
+        if (inFlight.size >= 8) await Promise.race(inFlight);
       }
       await Promise.all(inFlight);
       if (received !== BLOB_BYTES) throw new Error(`got ${received} bytes`);

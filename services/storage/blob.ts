@@ -17,7 +17,9 @@ import {
   CorruptObjectError,
   objectIdOf,
   openPiece,
+  openPieceAsync,
   sealPiece,
+  sealPieceAsync,
 } from "./object_crypto.ts";
 import {
   ObjectNotFoundError,
@@ -123,13 +125,12 @@ export async function uploadBlob(
       await reserveFor(chunk.length);
       sizeBytes += chunk.length;
       const piece = `c/${chunkIndex}`;
-      const sealed = sealPiece(
+      const write = sealPieceAsync(
         contentKey,
         { objectId: id, piece },
         chunk,
         context.sealMode,
-      );
-      const write = disk.put(`${id}/${piece}`, sealed).then(
+      ).then((sealed) => disk.put(`${id}/${piece}`, sealed)).then(
         () => {},
         (error) => {
           failure ??= error;
@@ -256,7 +257,7 @@ export class BlobReader {
           `chunk ${index} of blob ${id} is missing`,
         );
       }
-      const plain = openPiece(
+      const plain = await openPieceAsync(
         contentKey,
         { objectId: id, piece },
         stored.data,

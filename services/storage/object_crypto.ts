@@ -15,8 +15,10 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import {
   NONCE_BYTES,
   openBatch,
+  openBatchAsync,
   PacketStatus,
   sealBatch,
+  sealBatchAsync,
   TAG_BYTES,
 } from "../../ffi/native.ts";
 
@@ -109,6 +111,40 @@ function associatedData(binding: PieceBinding): Uint8Array {
   return encoder.encode(`${binding.objectId}\0${binding.piece}`);
 }
 
+/** Pieces at least this large are sealed and opened on the thread pool. */
+const OFF_THREAD_BYTES = 256 * 1024;
+
+interface Layout {
+  buffer: Uint8Array;
+  adLength: number;
+  length: number;
+  nonce: Uint8Array;
+}
+
+function sealLayout(binding: PieceBinding, plaintext: Uint8Array): Layout {
+  const ad = associatedData(binding);
+  const length = plaintext.length;
+  const buffer = new Uint8Array(ad.length + length + SEAL_OVERHEAD_BYTES);
+  buffer.set(ad, 0);
+  buffer.set(plaintext, ad.length);
+  const nonceOffset = ad.length + length + TAG_BYTES;
+  const nonce = buffer.subarray(nonceOffset, nonceOffset + NONCE_BYTES);
+  crypto.getRandomValues(nonce);
+  buffer[buffer.length - 1] = FORMAT;
+  return { buffer, adLength: ad.length, length, nonce };
+}
+
+function batchOf(layout: Layout, key: Uint8Array, status: Uint8Array) {
+  return {
+    buffer: layout.buffer,
+    descriptors: new Uint32Array([0, layout.adLength, layout.length, 0]),
+    nonces: layout.nonce,
+    keys: key,
+    count: 1,
+    status,
+  };
+}
+
 /**
  * Seals plaintext for the piece; the result is what goes on disk:
  * `associatedData || ciphertext || tag || nonce || format`. Keeping the
@@ -122,39 +158,38 @@ export function sealPiece(
   plaintext: Uint8Array,
   mode: SealMode = "aead",
 ): Uint8Array {
-  const ad = associatedData(binding);
-  const length = plaintext.length;
-  const buffer = new Uint8Array(ad.length + length + SEAL_OVERHEAD_BYTES);
-  buffer.set(ad, 0);
-  buffer.set(plaintext, ad.length);
-  const nonceOffset = ad.length + length + TAG_BYTES;
-  const nonce = buffer.subarray(nonceOffset, nonceOffset + NONCE_BYTES);
-  crypto.getRandomValues(nonce);
-  buffer[buffer.length - 1] = FORMAT;
+  const layout = sealLayout(binding, plaintext);
   if (mode === "aead") {
     const status = new Uint8Array(1);
-    const failed = sealBatch({
-      buffer,
-      descriptors: new Uint32Array([0, ad.length, length, 0]),
-      nonces: nonce,
-      keys: key,
-      count: 1,
-      status,
-    });
-    if (failed !== 0) throw new Error(`seal failed with status ${status[0]}`);
+    if (sealBatch(batchOf(layout, key, status)) !== 0) {
+      throw new Error(`seal failed with status ${status[0]}`);
+    }
   }
-  return buffer;
+  return layout.buffer;
 }
 
-/** Opens a piece sealed by {@link sealPiece}, in place (`stored` is
- * overwritten with the plaintext); throws CorruptObjectError if it was
- * changed, cut short, or belongs to another piece or object. */
-export function openPiece(
+/** {@link sealPiece} for large pieces: the cipher runs on the thread pool
+ * so that it overlaps with disk and network I/O. */
+export async function sealPieceAsync(
   key: Uint8Array,
   binding: PieceBinding,
-  stored: Uint8Array,
+  plaintext: Uint8Array,
   mode: SealMode = "aead",
-): Uint8Array {
+): Promise<Uint8Array> {
+  if (mode !== "aead" || plaintext.length < OFF_THREAD_BYTES) {
+    return sealPiece(key, binding, plaintext, mode);
+  }
+  const layout = sealLayout(binding, plaintext);
+  const status = new Uint8Array(1);
+  if (await sealBatchAsync(batchOf(layout, key, status)) !== 0) {
+    throw new Error(`seal failed with status ${status[0]}`);
+  }
+  return layout.buffer;
+}
+
+/** Checks a stored piece's shape and associated data; returns its layout
+ * for opening in place. */
+function openLayout(binding: PieceBinding, stored: Uint8Array): Layout {
   const ad = associatedData(binding);
   const where = `piece ${binding.piece} of object ${binding.objectId}`;
   if (
@@ -174,22 +209,58 @@ export function openPiece(
   }
   const length = stored.length - ad.length - SEAL_OVERHEAD_BYTES;
   const nonceOffset = ad.length + length + TAG_BYTES;
-  if (mode === "aead") {
-    // Opened in place: the bytes are this call's own copy from the disk.
-    const status = new Uint8Array(1);
-    openBatch({
-      buffer: stored,
-      descriptors: new Uint32Array([0, ad.length, length, 0]),
-      nonces: stored.slice(nonceOffset, nonceOffset + NONCE_BYTES),
-      keys: key,
-      count: 1,
-      status,
-    });
-    if (status[0] !== PacketStatus.Ok) {
-      throw new CorruptObjectError(
-        `${where} failed authentication: tampered, truncated or swapped`,
-      );
-    }
+  return {
+    buffer: stored,
+    adLength: ad.length,
+    length,
+    nonce: stored.slice(nonceOffset, nonceOffset + NONCE_BYTES),
+  };
+}
+
+function opened(
+  binding: PieceBinding,
+  layout: Layout,
+  status: Uint8Array,
+): Uint8Array {
+  if (status[0] !== PacketStatus.Ok) {
+    throw new CorruptObjectError(
+      `piece ${binding.piece} of object ${binding.objectId} failed ` +
+        "authentication: tampered, truncated or swapped",
+    );
   }
-  return stored.subarray(ad.length, ad.length + length);
+  return layout.buffer.subarray(
+    layout.adLength,
+    layout.adLength + layout.length,
+  );
+}
+
+/** Opens a piece sealed by {@link sealPiece}, in place (`stored` is
+ * overwritten with the plaintext); throws CorruptObjectError if it was
+ * changed, cut short, or belongs to another piece or object. */
+export function openPiece(
+  key: Uint8Array,
+  binding: PieceBinding,
+  stored: Uint8Array,
+  mode: SealMode = "aead",
+): Uint8Array {
+  const layout = openLayout(binding, stored);
+  const status = new Uint8Array([PacketStatus.Ok]);
+  if (mode === "aead") openBatch(batchOf(layout, key, status));
+  return opened(binding, layout, status);
+}
+
+/** {@link openPiece} for large pieces, on the thread pool. */
+export async function openPieceAsync(
+  key: Uint8Array,
+  binding: PieceBinding,
+  stored: Uint8Array,
+  mode: SealMode = "aead",
+): Promise<Uint8Array> {
+  if (mode !== "aead" || stored.length < OFF_THREAD_BYTES) {
+    return openPiece(key, binding, stored, mode);
+  }
+  const layout = openLayout(binding, stored);
+  const status = new Uint8Array(1);
+  await openBatchAsync(batchOf(layout, key, status));
+  return opened(binding, layout, status);
 }
