@@ -253,10 +253,13 @@ async function coldStartMs(usedBytes: number): Promise<number> {
       try {
         const text = await Deno.readTextFile(
           `${workspace.root}/mnt/hello.txt`,
-        );
+        ).catch(() => null);
         elapsed = performance.now() - started;
         if (text !== "hello" || attachment.formatted) {
-          throw new Error("the filled volume did not come back");
+          throw new Error(
+            `the filled volume did not come back on ${attachment.device} ` +
+              `(formatted: ${attachment.formatted}, text: ${text})`,
+          );
         }
       } finally {
         await attachment.detach();

@@ -143,24 +143,36 @@ export async function attach(options: AttachOptions): Promise<Attachment> {
       mountPoint: options.mountPoint,
     });
     let detached = false;
+    let unmounted = false;
+    let released = false;
     return {
       method,
       device,
       mountPoint: options.mountPoint,
       formatted,
       detach: async () => {
+        // A failed step leaves the attachment as it is, to retry or to
+        // abandon; only success marks it detached.
         if (detached) return;
-        detached = true;
-        await command("umount", [options.mountPoint]);
-        await release();
+        if (!unmounted) {
+          await command("umount", [options.mountPoint]);
+          unmounted = true;
+        }
+        if (!released) {
+          await release();
+          released = true;
+        }
         await flushExport(options.socketPath, options.exportName);
+        detached = true;
         options.log.info("grain-detached", { device });
       },
       abandon: async () => {
         if (detached) return;
         detached = true;
-        await command("umount", ["-l", options.mountPoint]).catch(() => {});
-        await release(true);
+        if (!unmounted) {
+          await command("umount", ["-l", options.mountPoint]).catch(() => {});
+        }
+        if (!released) await release(true);
         options.log.warn("grain-abandoned", { device });
       },
     };

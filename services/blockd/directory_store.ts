@@ -1,6 +1,6 @@
 /**
  * A block store kept in a local directory: a real, durable backend (every
- * sync is an fdatasync) for running the daemon on one machine and for
+ * sync is an fsync) for running the daemon on one machine and for
  * testing it without the storage service.
  *
  * Layout of the directory:
@@ -168,7 +168,9 @@ export class DirectoryBlockStore implements BlockStore {
   }
 
   async sync(): Promise<void> {
-    await this.#file.syncData();
+    // fsync rather than fdatasync: punched holes change the extent tree,
+    // and a full fsync leaves no doubt that the change is on disk.
+    await this.#file.sync();
     // A flush must not report success to a writer that lost its lease.
     this.#leaseCheckedAt = -Infinity;
     this.#checkLease();
