@@ -4,11 +4,17 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { CorruptObjectError, openPiece, sealPiece } from "./object_crypto.ts";
+import {
+  CorruptObjectError,
+  objectIdOf,
+  openPiece,
+  openPieceAsync,
+  sealPiece,
+  sealPieceAsync,
+} from "./object_crypto.ts";
 import { decodeObjectRef, encodeObjectRef, RefKind } from "./service.ts";
 import { checkName } from "./disk.ts";
 import { localBackend, testStore } from "./_testing.ts";
-import { objectIdOf } from "./object_crypto.ts";
 
 const key = new Uint8Array(32).fill(3);
 const binding = { objectId: "ab", piece: "c/1" };
@@ -43,6 +49,26 @@ Deno.test("any stored bytes that are not the sealed piece fail as CorruptObjectE
   );
   assert.throws(
     () => openPiece(key, { ...binding, piece: "c/2" }, sealed),
+    CorruptObjectError,
+  );
+});
+
+Deno.test("large pieces sealed off the event loop open either way and catch tampering", async () => {
+  const plain = new Uint8Array(1 << 20).map((_, i) => i * 31);
+  const sealed = await sealPieceAsync(key, binding, plain);
+  assert.deepEqual(openPiece(key, binding, sealed.slice()), plain);
+  assert.deepEqual(await openPieceAsync(key, binding, sealed.slice()), plain);
+  assert.deepEqual(
+    await openPieceAsync(key, binding, sealPiece(key, binding, plain)),
+    plain,
+  );
+  for (const position of [0, 100, 500_000, sealed.length - 20]) {
+    const bad = sealed.slice();
+    bad[position] ^= 4;
+    await assert.rejects(openPieceAsync(key, binding, bad), CorruptObjectError);
+  }
+  await assert.rejects(
+    openPieceAsync(key, { ...binding, piece: "c/9" }, sealed.slice()),
     CorruptObjectError,
   );
 });
