@@ -104,26 +104,41 @@ export function writeUint32(
   bytes[offset + 3] = (value >>> 24) & 0xff;
 }
 
-/** The framed bytes of a message (standard stream framing), in one
- * allocation: what `toArrayBuffer` gives, with fewer copies. */
-export function serialize(message: $.Message): Uint8Array {
+/** The length of a message's framed bytes (see {@link serializeInto}). */
+export function serializedLength(message: $.Message): number {
   const segments = message._capnp.segments;
   if (segments.length === 0) message.getSegment(0);
   const count = segments.length;
-  const headerBytes = (4 + 4 * count + 7) & ~7;
-  let total = headerBytes;
+  let total = (4 + 4 * count + 7) & ~7;
   for (let i = 0; i < count; i++) {
     total += (segments[i].byteLength + 7) & ~7;
   }
-  const out = new Uint8Array(total);
-  writeUint32(out, 0, count - 1);
-  let offset = headerBytes;
+  return total;
+}
+
+/** Writes a message's framed bytes (standard stream framing) at `offset`
+ * of `out`, which must have {@link serializedLength} bytes free there. */
+export function serializeInto(
+  message: $.Message,
+  out: Uint8Array,
+  offset: number,
+): void {
+  const segments = message._capnp.segments;
+  const count = segments.length;
+  writeUint32(out, offset, count - 1);
+  let at = offset + ((4 + 4 * count + 7) & ~7);
   for (let i = 0; i < count; i++) {
     const segment = segments[i];
     const length = (segment.byteLength + 7) & ~7;
-    writeUint32(out, 4 + 4 * i, length / 8);
-    out.set(new Uint8Array(segment.buffer, 0, length), offset);
-    offset += length;
+    writeUint32(out, offset + 4 + 4 * i, length / 8);
+    out.set(new Uint8Array(segment.buffer, 0, length), at);
+    at += length;
   }
+}
+
+/** The framed bytes of a message, in one allocation. */
+export function serialize(message: $.Message): Uint8Array {
+  const out = new Uint8Array(serializedLength(message));
+  serializeInto(message, out, 0);
   return out;
 }

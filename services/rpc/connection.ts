@@ -41,6 +41,8 @@ import {
   readMessage,
   readUint32,
   serialize,
+  serializedLength,
+  serializeInto,
   writeUint32,
 } from "./_message.ts";
 
@@ -135,7 +137,8 @@ export class RpcConnection {
   #embargoes = new Map<number, Embargo>();
   #nextEmbargoId = 0;
   #error: RpcError | undefined;
-  #lazy: Uint8Array[] = [];
+  /** Question IDs whose Finish waits to go out (see #sendLazy). */
+  #lazy: number[] = [];
   #lazyTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #done: Promise<RpcError>;
   #setDone!: (error: RpcError) => void;
@@ -231,16 +234,22 @@ export class RpcConnection {
 
   #send(message: $.Message): void {
     if (this.#error !== undefined) throw this.#error;
-    const bytes = serialize(message);
-    if (bytes.length > this.limits.maxMessageBytes) {
+    const length = serializedLength(message);
+    if (length > this.limits.maxMessageBytes) {
       throw new RpcError(
         "failed",
-        `message of ${bytes.length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
+        `message of ${length} bytes is over the limit of ${this.limits.maxMessageBytes}`,
       );
     }
-    this.#drainLazy();
+    // Waiting Finishes and this message share one buffer; each still goes
+    // to the transport as its own message (a stream writes the adjacent
+    // views with one write and no copy).
+    const finishes = this.#lazy;
+    const out = new Uint8Array(finishes.length * FINISH_BYTES + length);
+    const offset = this.#takeLazy(out);
+    serializeInto(message, out, offset);
     this.metrics.messagesSent++;
-    this.transport.send(bytes);
+    this.transport.send(out.subarray(offset));
   }
 
   /**
@@ -249,9 +258,9 @@ export class RpcConnection {
    * made right after a return then shares one write with the Finish
    * instead of waiting behind it. Order is kept: #send drains first.
    */
-  #sendLazy(bytes: Uint8Array): void {
+  #sendLazy(questionId: number): void {
     if (this.#error !== undefined) return;
-    this.#lazy.push(bytes);
+    this.#lazy.push(questionId);
     if (this.#lazyTimer === undefined) {
       this.#lazyTimer = setTimeout(() => {
         this.#lazyTimer = undefined;
@@ -267,12 +276,23 @@ export class RpcConnection {
 
   #drainLazy(): void {
     if (this.#lazy.length === 0) return;
-    const lazy = this.#lazy;
+    this.#takeLazy(new Uint8Array(this.#lazy.length * FINISH_BYTES));
+  }
+
+  /** Writes the waiting Finishes at the start of `out` and sends each;
+   * returns the bytes used. */
+  #takeLazy(out: Uint8Array): number {
+    const ids = this.#lazy;
+    if (ids.length === 0) return 0;
     this.#lazy = [];
-    for (const bytes of lazy) {
+    for (let i = 0; i < ids.length; i++) {
+      const at = i * FINISH_BYTES;
+      out.set(FINISH_TEMPLATE, at);
+      writeUint32(out, at + FINISH_ID_OFFSET, ids[i]);
       this.metrics.messagesSent++;
-      this.transport.send(bytes);
+      this.transport.send(out.subarray(at, at + FINISH_BYTES));
     }
+    return ids.length * FINISH_BYTES;
   }
 
   /** Sends a call to `writeTarget` and returns its answer. */
@@ -322,7 +342,7 @@ export class RpcConnection {
     question.finishSent = true;
     this.#questions.delete(question.id);
     this.#freeQuestionIds.push(question.id);
-    this.#sendLazy(finishBytes(question.id));
+    this.#sendLazy(question.id);
   }
 
   #trySend(message: $.Message): void {
@@ -1202,6 +1222,7 @@ function finishTemplate(releaseResultCaps: boolean): Uint8Array {
   return serialize(message);
 }
 const FINISH_TEMPLATE = finishTemplate(false);
+const FINISH_BYTES = FINISH_TEMPLATE.length;
 const FINISH_RELEASING = finishTemplate(true);
 /** Where the two templates differ: the releaseResultCaps bit. */
 const FINISH_FLAG_OFFSET = FINISH_TEMPLATE.findIndex((byte, i) =>
@@ -1236,12 +1257,6 @@ function quickFinish(
     questionId: readUint32(bytes, FINISH_ID_OFFSET),
     releaseResultCaps: flag === FINISH_RELEASING[FINISH_FLAG_OFFSET],
   };
-}
-
-function finishBytes(questionId: number): Uint8Array {
-  const bytes = FINISH_TEMPLATE.slice();
-  writeUint32(bytes, FINISH_ID_OFFSET, questionId);
-  return bytes;
 }
 
 /** Placeholder of an answer entry until its call is started. */

@@ -45,6 +45,26 @@ export interface StreamOptions {
   metrics?: RpcMetrics;
 }
 
+/**
+ * The messages as one view when they lie back to back in one buffer (the
+ * engine sends a Finish and the next call that way), else undefined.
+ */
+function adjacent(
+  parts: readonly Uint8Array[],
+  totalBytes: number,
+): Uint8Array | undefined {
+  const first = parts[0];
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < parts.length; i++) {
+    const part = parts[i];
+    if (part.buffer !== first.buffer || part.byteOffset !== end) {
+      return undefined;
+    }
+    end += part.length;
+  }
+  return new Uint8Array(first.buffer, first.byteOffset, totalBytes);
+}
+
 const READ_CHUNK_BYTES = 64 << 10;
 
 /**
@@ -109,8 +129,9 @@ export class StreamConnection implements MessageConnection {
     try {
       while (this.#pending.length > 0 && !this.#closed) {
         let chunk: Uint8Array;
-        if (this.#pending.length === 1) {
-          chunk = this.#pending[0];
+        const joined = adjacent(this.#pending, this.#pendingBytes);
+        if (joined !== undefined) {
+          chunk = joined;
         } else {
           chunk = new Uint8Array(this.#pendingBytes);
           let offset = 0;
