@@ -1,6 +1,7 @@
 /**
- * A {@link BlockStore} over the storage role's Volume
- * (services/storage/volume.ts), called in-process.
+ * A {@link BlockStore} over the storage role's Volume: in-process
+ * (services/storage/volume.ts) or over RPC (the Volume capability of
+ * proto/storage.capnp, bound in {@link ./rpc_volume.ts}).
  *
  * What the Volume gives maps one to one: read, write (durable when it
  * resolves), zero (frees the blocks), sync (a barrier that also checks the
@@ -17,7 +18,6 @@
  * @module
  */
 import { LeaseLostError } from "../storage/errors.ts";
-import type { VolumeReader, VolumeWriter } from "../storage/volume.ts";
 import {
   BLOCK_BYTES,
   type BlockStore,
@@ -32,12 +32,42 @@ export const ACCESS_LOG_FIRST_BLOCK = 2 ** 32 - 256;
 const ACCESS_LOG_DATA_BLOCKS = 255;
 const ACCESS_LOG_MAGIC = 0x4252414c; // "BRAL", as in access_log.ts
 
+/** What this adapter uses of a Volume: the storage role's VolumeReader
+ * in-process, or {@link ./rpc_volume.ts}'s binding of the Volume
+ * capability. */
+export interface VolumeApi {
+  /** Names the volume in messages. */
+  readonly id: string;
+  read(blockIndex: number, blockCount: number): Promise<Uint8Array>;
+  stat(): Promise<{ usedBlocks: number; epoch: number }>;
+  takeLease(): Promise<VolumeWriterApi>;
+}
+
+/** The writer a lease gives. */
+export interface VolumeWriterApi {
+  readonly epoch: number;
+  /** Resolves once the blocks are durable. */
+  write(blockIndex: number, data: Uint8Array): Promise<void>;
+  zero(blockIndex: number, blockCount: number): Promise<void>;
+  /** A barrier that fails once the lease was lost. */
+  sync(): Promise<void>;
+}
+
+/** Whether an error says the lease was lost: the storage role's own class
+ * in-process, its name in a remote exception's text over RPC. */
+function isLeaseLost(error: unknown): boolean {
+  return error instanceof LeaseLostError ||
+    (error instanceof Error && /LeaseLostError/.test(error.message));
+}
+
 /** Turns the Volume's lease error into the daemon's. */
 async function fenced<T>(action: () => Promise<T>): Promise<T> {
   try {
     return await action();
   } catch (error) {
-    if (error instanceof LeaseLostError) throw new LeaseError(error.message);
+    if (isLeaseLost(error)) {
+      throw new LeaseError((error as Error).message);
+    }
     throw error;
   }
 }
@@ -45,12 +75,12 @@ async function fenced<T>(action: () => Promise<T>): Promise<T> {
 /** See the module documentation. */
 export class StorageVolumeStore implements BlockStore {
   readonly sizeBlocks: number;
-  readonly #volume: VolumeReader;
-  #writer: VolumeWriter | undefined;
+  readonly #volume: VolumeApi;
+  #writer: VolumeWriterApi | undefined;
 
   /** `sizeBlocks` is the export's size, chosen by whoever created the
    * grain; the Volume itself is unbounded. */
-  constructor(volume: VolumeReader, sizeBlocks: number) {
+  constructor(volume: VolumeApi, sizeBlocks: number) {
     if (
       !Number.isSafeInteger(sizeBlocks) || sizeBlocks <= 0 ||
       sizeBlocks > ACCESS_LOG_FIRST_BLOCK
@@ -148,7 +178,7 @@ export class StorageVolumeStore implements BlockStore {
     return Promise.resolve();
   }
 
-  #leased(): VolumeWriter {
+  #leased(): VolumeWriterApi {
     if (this.#writer === undefined) {
       throw new LeaseError(`no writer lease held on volume ${this.#volume.id}`);
     }
