@@ -9,7 +9,7 @@ import { GrainHost } from "../../proto/gen/coordinator.ts";
 import { GrainState, Worker } from "../../proto/gen/worker.ts";
 import { buildTestApps } from "../../tests/apps/build.ts";
 import { encodeGrainSpec } from "./service.ts";
-import { openWebSession, relayRequest } from "./supervisor.ts";
+import { openWebSession, relayRequest } from "../web_session/mod.ts";
 
 const apps = await buildTestApps();
 
