@@ -340,6 +340,25 @@ behaviour(
   },
 );
 
+behaviour("taking a lease clears pieces no commit names", async (backend) => {
+  const store = testStore(backend.disk);
+  await store.ensureRoot("nia");
+  const key = await store.createVolume({ root: "nia" });
+  const writer = await store.volume(key).takeLease();
+  await writer.write(0, pattern(20 * BLOCK_BYTES, 40));
+  const id = objectIdOf(key);
+  const before = await backend.disk.list(`${id}/`);
+  // What a writer killed between its pieces and its head leaves behind.
+  await backend.disk.put(`${id}/c/0.00000000deadbeef`, new Uint8Array(10));
+  await backend.disk.put(`${id}/p/0.00000000deadbeef`, new Uint8Array(10));
+  await store.volume(key).takeLease();
+  assert.deepEqual(await backend.disk.list(`${id}/`), before);
+  assert.deepEqual(
+    await store.volume(key).read(0, 20),
+    pattern(20 * BLOCK_BYTES, 40),
+  );
+});
+
 /** Changes one stored piece of an object on the disk. */
 async function tamper(
   backend: TestBackend,

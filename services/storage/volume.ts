@@ -380,6 +380,9 @@ export class VolumeReader {
           this.sealHead(next),
           { ifMatch: etag },
         );
+        // No write of the new epoch can be under way before this returns,
+        // so every piece the head does not name now is garbage.
+        await this.#collectGarbage(next).catch(() => {});
         return new VolumeWriter(this, next.epoch, {
           head: next,
           etag: newEtag,
@@ -387,6 +390,30 @@ export class VolumeReader {
       } catch (error) {
         if (!(error instanceof ConditionFailedError)) throw error;
       }
+    }
+  }
+
+  /**
+   * Deletes the pieces `head` does not name: versions a crash kept from
+   * being deleted, and pieces of writes that never committed (a killed
+   * node, a fenced-out writer). Only safe while no write of the head's
+   * epoch can be in flight, which takeLease guarantees.
+   */
+  async #collectGarbage(head: VolumeHead): Promise<void> {
+    const names = await this.context.disk.list(`${this.id}/`);
+    const keep = new Set([`${this.id}/head`, `${this.id}/meta`]);
+    for (const [pageKey, tag] of Object.entries(head.pages)) {
+      keep.add(`${this.id}/p/${pageKey}.${tag}`);
+      const page = await this.loadPage(head, Number(pageKey));
+      for (const [chunk, entry] of page) {
+        keep.add(`${this.id}/c/${chunk}.${entry.tag}`);
+      }
+    }
+    const garbage = names.filter((name) => !keep.has(name));
+    for (let i = 0; i < garbage.length; i += 16) {
+      await Promise.all(
+        garbage.slice(i, i + 16).map((name) => this.context.disk.delete(name)),
+      );
     }
   }
 
