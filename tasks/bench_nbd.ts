@@ -122,9 +122,11 @@ async function throughputBenchmarks(results: Map<string, number>) {
     const storeRoot = `${workspace.store}/g1`;
     await DirectoryBlockStore.create(storeRoot, VOLUME_BYTES / BLOCK_BYTES);
     await Deno.copyFile(image, `${storeRoot}/blocks`);
+    await runOk("sync", []);
 
-    // The machine is shared, so the two servers take turns, twice, and
-    // each keeps its best figure.
+    // The machine is shared, so the two servers take turns (three times
+    // for the warm runs, twice for the cold ones) and each keeps its best
+    // figure.
     const nbdkit = await startNbdkit(workspace, image);
     const best = (a: FioResult | undefined, b: FioResult) =>
       a === undefined || b.iops > a.iops ? b : a;
@@ -162,7 +164,7 @@ async function throughputBenchmarks(results: Map<string, number>) {
           ["randRead", "randread", "4k", 16],
           ["randWrite", "randwrite", "4k", 16],
         ];
-        for (let round = 0; round < 2; round++) {
+        for (let round = 0; round < 3; round++) {
           for (const [name, rw, size, depth] of jobs) {
             kit[name] = best(
               kit[name],
@@ -227,6 +229,8 @@ async function makeFilledVolume(
   } finally {
     await runOk("umount", [mnt]);
   }
+  // Writing the data back must not overlap the measurement.
+  await runOk("sync", []);
 }
 
 async function coldStartMs(usedBytes: number): Promise<number> {
@@ -276,7 +280,7 @@ async function coldStartMs(usedBytes: number): Promise<number> {
 async function coldStartBenchmark(results: Map<string, number>) {
   const small: number[] = [];
   const large: number[] = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 5; i++) {
     small.push(await coldStartMs(64 * 1024 * 1024));
     large.push(await coldStartMs(1024 * 1024 * 1024));
   }
