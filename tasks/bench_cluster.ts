@@ -42,6 +42,7 @@ import {
   startCoordinator,
   startRealWorker,
   startWorker,
+  unmountUnder,
   type WorkerProcess,
 } from "../tests/cluster/harness.ts";
 import { buildTestApps } from "../tests/apps/build.ts";
@@ -286,8 +287,9 @@ async function benchRealFailover(): Promise<number> {
     for (const client of clients) client.close();
     for (const w of workers) await w.process.stop();
     for (const c of coordinators) await c.process.stop();
+    await unmountUnder(dir);
     await removeCgroups(workers.map((w) => w.cgroupName));
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(dir, { recursive: true });
   }
 }
 

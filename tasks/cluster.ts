@@ -137,6 +137,28 @@ export async function removeCgroups(names: string[]): Promise<void> {
   }
 }
 
+/**
+ * Unmounts everything mounted under `path` (deepest first), as a worker
+ * killed with SIGKILL leaves its grains' volume mounts behind.
+ */
+export async function unmountUnder(path: string): Promise<void> {
+  const prefix = path.replace(/\/$/, "") + "/";
+  for (let round = 0; round < 10; round++) {
+    const mounts = (await Deno.readTextFile("/proc/self/mounts")).split("\n")
+      .map((line) => line.split(" ")[1]?.replace(/\\040/g, " "))
+      .filter((point): point is string => point?.startsWith(prefix) ?? false)
+      .sort((a, b) => b.length - a.length);
+    if (mounts.length === 0) return;
+    for (const point of new Set(mounts)) {
+      await new Deno.Command("umount", {
+        args: ["-l", point],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+    }
+  }
+}
+
 async function pidsIn(namespace: string): Promise<number[]> {
   const command = new Deno.Command("ip", {
     args: ["netns", "pids", namespace],
@@ -254,6 +276,7 @@ export async function startSimulatedCluster(options: {
         }
       }
       await network.stop();
+      await unmountUnder(options.dir);
       await removeCgroups(
         state.addresses.map((_, i) => `blackrock-worker-m${i + 1}`),
       );

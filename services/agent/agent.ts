@@ -240,10 +240,15 @@ export class Agent {
 
   /** Boots the agent: key, specs, and the last assignment if there is one. */
   static async start(options: AgentOptions): Promise<Agent> {
+    // Folders are 0711: nobody else may list them, but the worker's grains
+    // (their own uids) must pass through to the packages they run. Keys
+    // and state files are 0600.
     await Deno.mkdir(`${options.stateDir}/roles`, {
       recursive: true,
-      mode: 0o700,
+      mode: 0o711,
     });
+    await Deno.chmod(options.stateDir, 0o711);
+    await Deno.chmod(`${options.stateDir}/roles`, 0o711);
     const vatId = await loadOrCreateVatKey(`${options.stateDir}/vat.key`);
     const specs = await measureSpecs(options.stateDir, options.claimedSpecs);
     const agent = new Agent(options, vatId, specs);
@@ -425,7 +430,8 @@ export class Agent {
     settings: Record<string, string>,
   ): Promise<ProcessSpec> {
     const roleDir = `${this.#options.stateDir}/roles/${role}`;
-    await Deno.mkdir(roleDir, { recursive: true, mode: 0o700 });
+    await Deno.mkdir(roleDir, { recursive: true, mode: 0o711 });
+    await Deno.chmod(roleDir, 0o711);
     const vatKeyFile = `${roleDir}/vat.key`;
     const vatId = await loadOrCreateVatKey(vatKeyFile);
     this.#roleVatIds.set(role, vatId);

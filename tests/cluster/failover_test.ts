@@ -18,6 +18,7 @@ import {
   startCoordinator,
   startRealWorker,
   startWorker,
+  unmountUnder,
   type WorkerProcess,
 } from "./harness.ts";
 import { buildTestApps } from "../apps/build.ts";
@@ -207,7 +208,8 @@ Deno.test("grains of a killed real worker answer again from another real worker"
     for (const client of clients) client.close();
     for (const w of workers) await w.process.stop();
     for (const c of coordinators) await c.process.stop();
+    await unmountUnder(dir);
     await removeCgroups(workers.map((w) => w.cgroupName));
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(dir, { recursive: true });
   }
 });

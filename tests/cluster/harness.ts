@@ -18,7 +18,7 @@ import {
 } from "../../proto/gen/coordinator.ts";
 import { roleCommand } from "../../services/runtime/permissions.ts";
 import { Worker } from "../../proto/gen/worker.ts";
-export { removeCgroups } from "../../tasks/cluster.ts";
+export { removeCgroups, unmountUnder } from "../../tasks/cluster.ts";
 import {
   freePort,
   type ServerProcess,
@@ -131,8 +131,11 @@ export class CoordinatorClient {
     this.#coordinator = rpc.bootstrap(connection, Coordinator);
   }
 
-  static async connect(port: number): Promise<CoordinatorClient> {
-    const transport = await rpc.connectTcp({ hostname: "127.0.0.1", port });
+  static async connect(
+    port: number,
+    hostname = "127.0.0.1",
+  ): Promise<CoordinatorClient> {
+    const transport = await rpc.connectTcp({ hostname, port });
     return new CoordinatorClient(new rpc.RpcConnection(transport));
   }
 

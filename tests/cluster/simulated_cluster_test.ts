@@ -7,8 +7,11 @@
 import assert from "node:assert/strict";
 import { startSimulatedCluster } from "../../tasks/cluster.ts";
 import { eventually } from "./harness.ts";
+import { buildTestApps } from "../apps/build.ts";
 
 const statusTool = new URL("../../tasks/cluster_status.ts", import.meta.url)
+  .pathname;
+const clientScript = new URL("./testdata/cluster_client.ts", import.meta.url)
   .pathname;
 
 async function rolesOf(dir: string, machine: number): Promise<string[]> {
@@ -61,6 +64,14 @@ Deno.test({
       spares: 1,
       dir,
     });
+    await Deno.chmod(dir, 0o755); // grains run as their own uids
+    const client = (...args: string[]) =>
+      cluster.network.exec(1, Deno.execPath(), [
+        "run",
+        "--allow-all",
+        clientScript,
+        ...args,
+      ]);
     const tool = (...args: string[]) =>
       cluster.network.exec(1, Deno.execPath(), [
         "run",
@@ -99,6 +110,71 @@ Deno.test({
         );
         for (const d of directories) assert.deepEqual(d, directories[0]);
       });
+
+      await t.step(
+        "a killed worker machine's grains answer from other workers",
+        async () => {
+          // Real workers run the notes app in their sandboxes; no storage
+          // role yet, so a grain restarts on its new worker's own volume.
+          const apps = await buildTestApps();
+          const directoryFile = `${dir}/m1/directory.json`;
+          const vats = (await directoryOf(dir, 1))!.vats as unknown as {
+            role: string;
+            machine: string;
+            vatId: string;
+            address: string;
+          }[];
+          const coordinator = vats.find((v) => v.role === "coordinator")!;
+          // Workers start once the directory names a coordinator, and take
+          // grains once their first heartbeats arrived: both are retried.
+          const retried = (what: string, ...args: string[]) =>
+            eventually(what, async () => {
+              try {
+                return JSON.parse(await client(...args));
+              } catch {
+                return undefined;
+              }
+            }, 60_000);
+          const packageId = await retried(
+            "every worker installs the package",
+            "install",
+            directoryFile,
+            apps.notesSpk,
+            "3",
+          );
+          const placements: { grainId: string; workerId: string }[] =
+            await retried(
+              "grains open",
+              "open",
+              coordinator.address,
+              packageId,
+              "6",
+            );
+          const answers = JSON.parse(
+            await client("check", coordinator.address, directoryFile),
+          );
+          for (const p of placements) {
+            assert.equal(answers[p.grainId], p.workerId, p.grainId);
+          }
+
+          const victimVat = placements[0].workerId;
+          const victim = vats.find((v) => v.vatId === victimVat)!.machine;
+          const moved = placements.filter((p) => p.workerId === victimVat);
+          await cluster.killMachine(Number(victim.slice(1)));
+          await eventually("the victim's grains answer elsewhere", async () => {
+            const now = JSON.parse(
+              await client("check", coordinator.address, directoryFile),
+            );
+            return moved.every((p) =>
+                now[p.grainId] !== null && now[p.grainId] !== victimVat
+              )
+              ? true
+              : undefined;
+          }, 90_000);
+          // The machine comes back under its saved assignment.
+          await cluster.bootMachine(Number(victim.slice(1)));
+        },
+      );
 
       await t.step(
         "with the master dead, a killed role is restarted",
