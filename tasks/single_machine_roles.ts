@@ -13,6 +13,7 @@
  */
 import type { RolePermissions } from "../services/runtime/permissions.ts";
 import { gatewayRole, shellRole } from "./single_machine_web.ts";
+import { workerPermissions } from "../services/worker/role.ts";
 
 /** What the launcher knows when it prepares a role. */
 export interface RoleContext {
@@ -69,7 +70,53 @@ export const singleMachineRoles: SingleMachineRole[] = [
   },
   shellRole,
   gatewayRole,
+  // After the web roles so that their ports stay where they were before
+  // the worker joined; stopped first, so grains sync their volumes while
+  // the shell and gateway still run.
+  {
+    name: "worker",
+    entry: "services/worker/main.ts",
+    ports: 1,
+    permissions: ({ dataDir, configFile, ports }) =>
+      workerPermissions({
+        stateDir: dataDir,
+        readFiles: [configFile],
+        netHosts: [`127.0.0.1:${ports.worker[0]}`],
+      }),
+    config: ({ dataDir, ports }) => ({
+      listen: { hostname: "127.0.0.1", port: ports.worker[0] },
+      stateDir: dataDir,
+      ...workerSlot(dataDir),
+    }),
+    describe: ({ dataDir, ports, root }) =>
+      `rpc 127.0.0.1:${ports.worker[0]}, grains and packages in ${
+        relative(root, dataDir)
+      }/`,
+  },
 ];
+
+/** Grains per single-machine worker (one host uid each). */
+const WORKER_UIDS = 1024;
+
+/**
+ * The worker's cgroup and host uid range, derived from its state folder:
+ * two single-machine Blackrocks on one host (say, a person's and a test's)
+ * must neither clear each other's cgroup at start nor give grains the same
+ * uids. FNV-1a of the path picks one of 2048 uid ranges above 200000.
+ */
+export function workerSlot(
+  dataDir: string,
+): { cgroupName: string; uidFirst: number; uidCount: number } {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(dataDir)) {
+    hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  }
+  return {
+    cgroupName: `blackrock-worker-${hash.toString(16).padStart(8, "0")}`,
+    uidFirst: 200_000 + (hash % 2048) * WORKER_UIDS,
+    uidCount: WORKER_UIDS,
+  };
+}
 
 /** `path` relative to `root` when inside it, for shorter table lines. */
 export function relative(root: string, path: string): string {

@@ -36,8 +36,9 @@ function webToken(context: RoleContext): string {
 
 /** Ports: gateway[0] is nginx's TLS port, [1] the gateway service behind
  * it, [2] the control port shells register on; shell[0] is the shell and
- * shell[1] is where the shell finds the grain runner (the runner protocol
- * of services/shell/grain_runner.ts), which the worker role serves. */
+ * shell[1] is where a shell finds the HTTP grain runner (the runner
+ * protocol of services/shell/grain_runner.ts) when the table has no worker
+ * role; with one (the default table), grains run on the worker. */
 function ports(context: RoleContext) {
   const gateway = context.ports.gateway ?? [];
   const shell = context.ports.shell ?? [];

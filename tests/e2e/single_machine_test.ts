@@ -3,16 +3,14 @@
 // the URL and the admin password; users, apps and grains survive stopping
 // and starting it again.
 //
-// No worker role is in the table yet: the shell looks for its grain runner
-// on a port the table reserves for it (shown in the launcher's table).
-// This test serves that port with worker_runner.ts, the worker's own grain
-// manager and sandbox wired to the runner protocol, and restarts it with
-// the launcher. The app is the worker engineer's "notes" test app.
+// Every role is the launcher's: the shell starts grains on the worker role
+// (services/worker/main.ts, sandboxed grains) over proto/worker.capnp, and
+// the gateway relays the grain's hostname to its WebSession there. The app
+// is the worker engineer's "notes" test app.
 import assert from "node:assert/strict";
 import { buildTestApps } from "../apps/build.ts";
 import { fromGrain, grainFrame, launchBrowser, signIn } from "./browser.ts";
 import { RoleProcess } from "./harness.ts";
-import { startWorkerRunner } from "./worker_runner.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -64,32 +62,16 @@ Deno.test({
     // Grains run as their own uids and pass through to their folders.
     await Deno.chmod(dataDir, 0o711);
     const basePort = freeRange();
-    const uidFirst = 72000;
     let launcher = startBlackrock(dataDir, basePort);
-    let runner: { stop(): Promise<void> } | undefined;
     const browser = await launchBrowser();
     try {
       const [, url] = await launcher.waitForLine(
         /open (https:\/\/localhost:\d+)\/ /,
         60_000,
       );
-      // With a worker role in the table the shell uses it; without one,
-      // this test serves the shell's runner port with the worker's grain
-      // manager (worker_runner.ts).
-      const [, runnerPort] = await launcher.waitForLine(
-        /grains (?:through the runner at http:\/\/127\.0\.0\.1:(\d+)\/|on the worker)/,
-      );
+      await launcher.waitForLine(/grains on the worker at 127\.0\.0\.1:\d+/);
       const [, password] = await launcher.waitForLine(/Password: (\S+)/);
       await launcher.waitForLine(/all roles started/, 60_000);
-      const startRunner = async () => {
-        if (runnerPort === undefined) return undefined;
-        return await startWorkerRunner(
-          `${dataDir}/worker-wiring`,
-          uidFirst,
-          Number(runnerPort),
-        );
-      };
-      runner = await startRunner();
 
       const page = browser.page;
       for (let i = 0;; i++) {
@@ -117,7 +99,10 @@ Deno.test({
       assert.equal(saved.status, 201, saved.text);
       await page.reload();
       frame = await grainFrame(page);
-      assert.equal((await frame.textContent("body"))?.trim(), "todo");
+      // Read with fetch, not from the rendered page: see the known RPC
+      // engine problem in worker_service_e2e_test.ts (a page load's long
+      // Accept list breaks the call the worker forwards to the app).
+      assert.equal((await fromGrain(frame, "/")).text.trim(), "todo");
       await page.fill("#rename-title", "Kept across restarts");
       await Promise.all([page.waitForURL(grainUrl), page.click("#rename")]);
       await page.goto(`${url}/admin`);
@@ -126,12 +111,9 @@ Deno.test({
       // Stop everything and start again on the same data folder.
       await launcher.stop();
       assert.equal((await launcher.child.status).code, 0, launcher.output);
-      await runner?.stop();
-      runner = undefined;
       launcher = startBlackrock(dataDir, basePort);
       await launcher.waitForLine(/all roles started/, 60_000);
       assert.doesNotMatch(launcher.output, /Password:/, "admin made once");
-      runner = await startRunner();
 
       for (let i = 0;; i++) {
         const response = await page.goto(url).catch(() => undefined);
@@ -153,7 +135,6 @@ Deno.test({
     } finally {
       await browser.close();
       await launcher.stop();
-      await runner?.stop();
       await Deno.remove(dataDir, { recursive: true });
     }
   },

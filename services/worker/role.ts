@@ -1,0 +1,35 @@
+/**
+ * What the worker role's process may touch, for launchers (the
+ * single-machine start, tests). As services/worker/main.ts documents, it
+ * runs as root, maps grains to host uids and reaches cgroup files through
+ * libc, hence libc as its one FFI library.
+ *
+ * @module
+ */
+import type { RolePermissions } from "../runtime/permissions.ts";
+import { LIBC_PATH } from "./kernel_files.ts";
+
+/** The worker's permissions: its RPC port on loopback and its grains' fd-3
+ * socket, its state folder (packages, volumes), its configuration file,
+ * the programs it runs (bubblewrap through bash, chown, sync, xz), libc,
+ * and the machine's memory and load (reported per machine). */
+export function workerPermissions(options: {
+  stateDir: string;
+  readFiles?: string[];
+  netHosts?: string[];
+}): RolePermissions {
+  return {
+    net: [
+      ...(options.netHosts ?? ["127.0.0.1"]),
+      `unix:${options.stateDir}/api.sock`,
+    ],
+    read: [options.stateDir, ...(options.readFiles ?? [])],
+    write: [options.stateDir],
+    run: ["bash", "chown", "sync", "xz"],
+    ffi: [LIBC_PATH],
+    sys: ["systemMemoryInfo", "loadavg"],
+  };
+}
+
+/** The worker's entry module. */
+export const workerEntry = new URL("./main.ts", import.meta.url).pathname;
