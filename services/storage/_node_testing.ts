@@ -82,7 +82,10 @@ export async function startNode(
 ): Promise<NodeProcess> {
   const config: StorageConfig = {
     vatKeyFile: `${cluster.dir}/node${index}.key`,
-    listen,
+    listen: {
+      hostname: listen.slice(0, listen.lastIndexOf(":")),
+      port: Number(listen.slice(listen.lastIndexOf(":") + 1)),
+    },
     disk,
     diskSecret: cluster.diskSecret,
     zone: {

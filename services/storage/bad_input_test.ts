@@ -14,6 +14,8 @@ import {
 } from "./object_crypto.ts";
 import { decodeObjectRef, encodeObjectRef, RefKind } from "./service.ts";
 import { checkName } from "./disk.ts";
+import { StorageConfig } from "./main.ts";
+import { ConfigError, loadConfig } from "../runtime/config.ts";
 import { localBackend, testStore } from "./_testing.ts";
 
 const key = new Uint8Array(32).fill(3);
@@ -37,7 +39,8 @@ Deno.test("any stored bytes that are not the sealed piece fail as CorruptObjectE
           );
         }
         // Cut short anywhere.
-        const cut = sealed.subarray(0, position % sealed.length);
+        // A copy: a failed open in place zeroes the bytes it was given.
+        const cut = sealed.slice(0, position % sealed.length);
         assert.throws(() => openPiece(key, binding, cut), CorruptObjectError);
       },
     ),
@@ -134,4 +137,36 @@ Deno.test("a volume head or value replaced by garbage reads as CorruptObjectErro
   } finally {
     await backend.cleanup();
   }
+});
+
+Deno.test("a storage node's configuration names its bad fields", async () => {
+  const good = [
+    "vatKeyFile=/tmp/k",
+    'disk={"kind":"local","path":"/tmp/d"}',
+    `diskSecret=${"ab".repeat(32)}`,
+    `zone={"secret":"${"cd".repeat(32)}","storageNodes":[]}`,
+  ];
+  const config = await loadConfig(StorageConfig, { overrides: good });
+  assert.deepEqual(config.listen, { hostname: "127.0.0.1", port: 0 });
+  await assert.rejects(
+    loadConfig(StorageConfig, {
+      overrides: [...good, "diskSecret=short"],
+    }),
+    (e) => e instanceof ConfigError && /diskSecret/.test(e.message),
+  );
+  await assert.rejects(
+    loadConfig(StorageConfig, {
+      overrides: [...good, 'disk={"kind":"floppy"}'],
+    }),
+    (e) => e instanceof ConfigError && /disk/.test(e.message),
+  );
+  await assert.rejects(
+    loadConfig(StorageConfig, {
+      overrides: [
+        ...good,
+        'disk={"kind":"s3","endpoint":"http://127.0.0.1:1","bucket":"b"}',
+      ],
+    }),
+    (e) => e instanceof ConfigError && /accessKeyId/.test(e.message),
+  );
 });

@@ -36,8 +36,11 @@ const hex32 = z.string().regex(/^[0-9a-f]{64}$/, "64 lowercase hex digits");
 export const StorageConfig = z.strictObject({
   /** File holding this vat's ed25519 seed (created if missing). */
   vatKeyFile: z.string().min(1),
-  /** UDP `host:port` to listen on. */
-  listen: z.string().default("127.0.0.1:0"),
+  /** The UDP address the vat listens on (IPv4; port 0 picks a free one). */
+  listen: z.strictObject({
+    hostname: z.string().default("127.0.0.1"),
+    port: z.number().int().min(0).max(65535).default(0),
+  }).default({ hostname: "127.0.0.1", port: 0 }),
   disk: z.discriminatedUnion("kind", [
     z.strictObject({
       kind: z.literal("local"),
@@ -120,7 +123,7 @@ if (import.meta.main) {
       });
       const network = await SealedUdpNetwork.create({
         identity,
-        bind: config.listen,
+        bind: `${config.listen.hostname}:${config.listen.port}`,
         directory: new VatDirectory(),
       });
       const connections = new Set<rpc.RpcConnection>();

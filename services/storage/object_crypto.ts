@@ -235,8 +235,9 @@ function opened(
 }
 
 /** Opens a piece sealed by {@link sealPiece}, in place (`stored` is
- * overwritten with the plaintext); throws CorruptObjectError if it was
- * changed, cut short, or belongs to another piece or object. */
+ * overwritten with the plaintext, or zeroed by libsodium when the tag does
+ * not verify); throws CorruptObjectError if it was changed, cut short, or
+ * belongs to another piece or object. */
 export function openPiece(
   key: Uint8Array,
   binding: PieceBinding,
