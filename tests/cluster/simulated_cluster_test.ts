@@ -72,6 +72,43 @@ Deno.test({
         clientScript,
         ...args,
       ]);
+    const retried = (what: string, ...args: string[]) =>
+      eventually(what, async () => {
+        try {
+          return JSON.parse(await client(...args));
+        } catch {
+          return undefined;
+        }
+      }, 60_000);
+    let packageId = "";
+    /** The coordinator address of machine `m`. */
+    const coordinatorOn = async (m: string) => {
+      const vats = (await directoryOf(dir, 1))!.vats as unknown as {
+        role: string;
+        machine: string;
+        address: string;
+      }[];
+      return vats.find((v) => v.role === "coordinator" && v.machine === m)!
+        .address;
+    };
+    /** Every grain answers from a worker; a new one starts and answers. */
+    const grainsWork = async (coordinator: string, fresh: string) => {
+      const directoryFile = `${dir}/m1/directory.json`;
+      await retried(
+        `${fresh} opens`,
+        "open-one",
+        coordinator,
+        packageId,
+        fresh,
+      );
+      await eventually("every grain answers", async () => {
+        const now = await client("check", coordinator, directoryFile);
+        const answers = Object.values(JSON.parse(now));
+        return answers.length > 0 && answers.every((w) => w !== null)
+          ? true
+          : undefined;
+      }, 60_000);
+    };
     const tool = (...args: string[]) =>
       cluster.network.exec(1, Deno.execPath(), [
         "run",
@@ -127,15 +164,7 @@ Deno.test({
           const coordinator = vats.find((v) => v.role === "coordinator")!;
           // Workers start once the directory names a coordinator, and take
           // grains once their first heartbeats arrived: both are retried.
-          const retried = (what: string, ...args: string[]) =>
-            eventually(what, async () => {
-              try {
-                return JSON.parse(await client(...args));
-              } catch {
-                return undefined;
-              }
-            }, 60_000);
-          const packageId = await retried(
+          packageId = await retried(
             "every worker installs the package",
             "install",
             directoryFile,
@@ -177,9 +206,11 @@ Deno.test({
       );
 
       await t.step(
-        "with the master dead, a killed role is restarted",
+        "with the master dead, grains answer and start, and a killed role restarts",
         async () => {
           await cluster.master.stop();
+          // Without the master, open grains keep working and new ones start.
+          await grainsWork(await coordinatorOn("m1"), "nomaster");
           const namespace = cluster.state.namespaces[0];
           const coordinator = await eventually(
             "m1 runs a coordinator",
@@ -203,7 +234,7 @@ Deno.test({
       );
 
       await t.step(
-        "a dead machine's control roles move elsewhere",
+        "with a coordinator machine dead, grains start through the other and its roles move",
         async () => {
           const before = (await directoryOf(dir, 3))!.version;
           await cluster.restartMaster();
@@ -229,6 +260,8 @@ Deno.test({
             60_000,
           );
           assert.ok(holders.includes(1));
+          // With m2's coordinator gone, grains start through m1's.
+          await grainsWork(await coordinatorOn("m1"), "afterm2");
           await eventually("m2 leaves the directory", async () => {
             const d = await directoryOf(dir, 3);
             return d!.vats.some((v) => v.machine === "m2") ? undefined : true;

@@ -3,6 +3,7 @@
 //
 //   cluster_client.ts install DIRECTORY_FILE SPK [MIN_WORKERS] -> packageId
 //   cluster_client.ts open COORDINATOR PACKAGE_ID COUNT -> placements
+//   cluster_client.ts open-one COORDINATOR PACKAGE_ID GRAIN -> placement
 //   cluster_client.ts check COORDINATOR DIRECTORY_FILE  -> {grain: worker}
 //     (the worker whose app answered for the grain, or null)
 import * as rpc from "../../../services/rpc/mod.ts";
@@ -80,6 +81,12 @@ if (command === "install") {
   }
   client.close();
   console.log(JSON.stringify(placements));
+} else if (command === "open-one") {
+  const client = await coordinator(args[0]);
+  const spec = encodeGrainSpec({ packageId: args[1], isNew: true });
+  const placement = await client.openGrain(args[2], spec, 64 << 20);
+  client.close();
+  console.log(JSON.stringify(placement));
 } else if (command === "check") {
   const client = await coordinator(args[0]);
   const byVat = new Map(
