@@ -149,7 +149,7 @@ async function nodeThroughput(mode: SealMode, data: Uint8Array) {
     const factory = rpc.bootstrap(client, StorageNode).root((p) =>
       p.name = "bench"
     ).getRoot().factory().getFactory();
-    const ms = await best(3, async () => {
+    const ms = await best(1, async () => {
       const upload = factory.uploadBlob().getUpload();
       const writes = [];
       for (let offset = 0; offset < data.length; offset += MIB) {
@@ -210,7 +210,7 @@ try {
       ReturnType<ReturnType<typeof factory.uploadBlob>["getUpload"]>["done"]
     >["getBlob"] extends () => infer B ? B : never;
 
-    const putNodeMs = await best(3, async () => {
+    const putNode = async () => {
       const upload = factory.uploadBlob().getUpload();
       const inFlight = new Set<Promise<unknown>>();
       for (let offset = 0; offset < data.length; offset += MIB) {
@@ -225,8 +225,18 @@ try {
       await Promise.all(inFlight);
       blob = upload.done().getBlob();
       await blob.size().promise();
-    });
-    const putSdkMs = await best(3, () => sdkPut(sdk, bucket.bucket, data));
+    };
+    // Rounds alternate between the node and the SDK so that load from
+    // elsewhere on the machine hits both alike; the best of each counts.
+    let putNodeMs = Infinity;
+    let putSdkMs = Infinity;
+    for (let round = 0; round < 3; round++) {
+      putNodeMs = Math.min(putNodeMs, await best(1, putNode));
+      putSdkMs = Math.min(
+        putSdkMs,
+        await best(1, () => sdkPut(sdk, bucket.bucket, data)),
+      );
+    }
     report(
       "blob_put_vs_s3",
       putSdkMs / putNodeMs,
@@ -235,7 +245,7 @@ try {
       } MB/s`,
     );
 
-    const getNodeMs = await best(3, async () => {
+    const getNode = async () => {
       const chunk = 4 * MIB;
       let received = 0;
       const inFlight = new Set<Promise<unknown>>();
@@ -250,11 +260,17 @@ try {
       }
       await Promise.all(inFlight);
       if (received !== BLOB_BYTES) throw new Error(`got ${received} bytes`);
-    });
-    const getSdkMs = await best(3, async () => {
+    };
+    const getSdk = async () => {
       const got = await sdkGet(sdk, bucket.bucket);
       if (got !== BLOB_BYTES) throw new Error(`got ${got} bytes`);
-    });
+    };
+    let getNodeMs = Infinity;
+    let getSdkMs = Infinity;
+    for (let round = 0; round < 3; round++) {
+      getNodeMs = Math.min(getNodeMs, await best(1, getNode));
+      getSdkMs = Math.min(getSdkMs, await best(1, getSdk));
+    }
     report(
       "blob_get_vs_s3",
       getSdkMs / getNodeMs,
@@ -289,8 +305,14 @@ try {
   await ceph.stop();
 }
 
-const sealed = await nodeThroughput("aead", data);
-const plain = await nodeThroughput("copy", data);
+// Rounds alternate between the two so that load from elsewhere on the
+// machine hits both alike; the best round of each counts.
+let sealed = 0;
+let plain = 0;
+for (let round = 0; round < 4; round++) {
+  sealed = Math.max(sealed, await nodeThroughput("aead", data));
+  plain = Math.max(plain, await nodeThroughput("copy", data));
+}
 report(
   "encrypt_vs_plain",
   sealed / plain,
