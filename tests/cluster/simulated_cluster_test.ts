@@ -280,23 +280,76 @@ Deno.test({
         },
       );
 
-      await t.step("an added machine becomes a worker", async () => {
-        await cluster.bootMachine(6);
-        const address = `${cluster.state.addresses[5]}:7000`;
-        await tool("--add", "m6", address);
-        await eventually(
-          "m6 gets a role",
-          async () => (await rolesOf(dir, 6)).length > 0 ? true : undefined,
-        );
-        assert.deepEqual(await rolesOf(dir, 6), ["worker"]);
-      });
+      let newWorker = "";
+      await t.step(
+        "an added machine becomes a worker and gets grains",
+        async () => {
+          await cluster.bootMachine(6);
+          const address = `${cluster.state.addresses[5]}:7000`;
+          await tool("--add", "m6", address);
+          await eventually(
+            "m6 gets a role",
+            async () => (await rolesOf(dir, 6)).length > 0 ? true : undefined,
+          );
+          assert.deepEqual(await rolesOf(dir, 6), ["worker"]);
+          // m3, m4, m5 and now m6 run workers; the new one is the least
+          // loaded, so the next grain goes there.
+          const directoryFile = `${dir}/m1/directory.json`;
+          await retried(
+            "m6's worker has the package",
+            "install",
+            directoryFile,
+            (await buildTestApps()).notesSpk,
+            "4",
+          );
+          const vats = (await directoryOf(dir, 1))!.vats as unknown as {
+            role: string;
+            machine: string;
+            vatId: string;
+          }[];
+          newWorker = vats.find((v) => v.machine === "m6")!.vatId;
+          const coordinator = await coordinatorOn("m1");
+          // Until the coordinators hear m6's first heartbeat, grains go to
+          // the others; after it, the next grain goes to m6.
+          let opened = 0;
+          await eventually("a new grain lands on m6", async () => {
+            try {
+              const placement = JSON.parse(
+                await client(
+                  "open-one",
+                  coordinator,
+                  packageId,
+                  `onm6x${opened++}`,
+                ),
+              );
+              return placement.workerId === newWorker ? true : undefined;
+            } catch {
+              return undefined;
+            }
+          }, 60_000);
+          await grainsWork(coordinator, `onm6x${opened}`);
+        },
+      );
 
-      await t.step("a removed machine stops its roles", async () => {
-        const output = await tool("--remove", "m6");
-        assert.match(output, /removed m6/);
-        assert.doesNotMatch(output, /^m6 /m);
-        assert.deepEqual(await rolesOf(dir, 6), []);
-      });
+      await t.step(
+        "a removed machine's grains move first, then its roles stop",
+        async () => {
+          const output = await tool("--remove", "m6");
+          assert.match(output, /removed m6/);
+          assert.doesNotMatch(output, /^m6 /m);
+          assert.deepEqual(await rolesOf(dir, 6), []);
+          // Right after the removal, without waiting: every grain answers,
+          // and none from m6.
+          const coordinator = await coordinatorOn("m1");
+          const answers = JSON.parse(
+            await client("check", coordinator, `${dir}/m1/directory.json`),
+          );
+          for (const [grain, worker] of Object.entries(answers)) {
+            assert.ok(worker !== null, `${grain} does not answer`);
+            assert.notEqual(worker, newWorker, `${grain} still on m6`);
+          }
+        },
+      );
     } finally {
       await cluster.stop();
       await Deno.remove(dir, { recursive: true });
