@@ -264,22 +264,27 @@ export async function startSimulatedCluster(options: {
       }
     },
     async stop() {
-      await cluster.master?.stop();
-      for (const agent of agents.values()) await agent.stop();
-      for (const namespace of state.namespaces) {
-        for (const pid of await pidsIn(namespace)) {
-          try {
-            Deno.kill(pid, "SIGKILL");
-          } catch {
-            // Already gone.
+      // Every step runs even if an earlier one fails; the namespaces go
+      // last, after nothing runs in them and nothing is mounted from them.
+      try {
+        await cluster.master?.stop();
+        for (const agent of agents.values()) await agent.stop();
+      } finally {
+        for (const namespace of state.namespaces) {
+          for (const pid of await pidsIn(namespace).catch(() => [])) {
+            try {
+              Deno.kill(pid, "SIGKILL");
+            } catch {
+              // Already gone.
+            }
           }
         }
+        await unmountUnder(options.dir).catch(() => {});
+        await removeCgroups(
+          state.addresses.map((_, i) => `blackrock-worker-m${i + 1}`),
+        );
+        await network.stop();
       }
-      await network.stop();
-      await unmountUnder(options.dir);
-      await removeCgroups(
-        state.addresses.map((_, i) => `blackrock-worker-m${i + 1}`),
-      );
     },
   };
   try {
