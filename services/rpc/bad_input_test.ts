@@ -408,3 +408,15 @@ Deno.test("a call the peer echoes as unimplemented fails as unimplemented", asyn
     state.cap.close();
   }
 });
+
+Deno.test("a peer that never sends Finish is aborted at the answer limit", async () => {
+  const peer = rawPeer({ maxAnswers: 8 });
+  try {
+    for (let id = 0; id < 9; id++) {
+      peer.send((m) => m._initBootstrap().questionId = id);
+    }
+    await expectAbort(peer, /answers without Finish/);
+  } finally {
+    peer.close();
+  }
+});

@@ -54,6 +54,9 @@ export interface ConnectionLimits {
   maxMessageBytes: number;
   /** Imports plus exports; a peer passing more is aborted. */
   maxCapabilities: number;
+  /** Answers the peer has not finished (returned or not); a peer that
+   * keeps more is aborted, so it cannot grow this vat's memory forever. */
+  maxAnswers: number;
 }
 
 /** The limits used when none are given. */
@@ -61,6 +64,7 @@ export const DEFAULT_LIMITS: Readonly<ConnectionLimits> = {
   maxOutstandingCalls: 4096,
   maxMessageBytes: 64 << 20,
   maxCapabilities: 65536,
+  maxAnswers: 65536,
 };
 
 /** What a connection is made with. */
@@ -715,6 +719,11 @@ export class RpcConnection {
   #newAnswer(questionId: number): AnswerEntry | undefined {
     if (this.#answers.has(questionId)) {
       throw new RpcProtocolError(`question ID ${questionId} is already in use`);
+    }
+    if (this.#answers.size >= this.limits.maxAnswers) {
+      throw new RpcProtocolError(
+        `peer holds ${this.#answers.size} answers without Finish; the limit is ${this.limits.maxAnswers}`,
+      );
     }
     const entry: AnswerEntry = {
       answer: NOT_STARTED,
