@@ -23,9 +23,13 @@
  *   the bootstrap capability, {@link ConnectionLimits} and the
  *   {@link RpcMetrics} to count into.
  * - {@link bootstrap}`(connection, Foo)` is the peer's bootstrap as a
- *   typed client, usable at once (calls pipeline until it arrives).
+ *   typed client, usable at once (calls pipeline until it arrives). To
+ *   know who calls, give each connection a bootstrap made for its
+ *   `transport.peerVatId` (authenticated on the sealed UDP network), as
+ *   `serveRestorer` in sturdyref.ts does.
  * - {@link PromiseCap} is a capability to hand out before its object
- *   exists: calls queue (in order) until `resolve(cap)`; a peer holding it
+ *   exists: calls queue (in order) until `resolve(cap)` (which takes over
+ *   that reference); a peer holding it
  *   gets Resolve, and Disembargo keeps call order when it turns out to
  *   point back at the peer.
  * - A connection's `closed` resolves with the reason it ended; `stats`
