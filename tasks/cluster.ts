@@ -82,6 +82,7 @@ export function agentCommand(
       `stateDir=${stateDir}`,
       `address=${address}`,
       `controlPort=${AGENT_PORT}`,
+      `masterHosts=${JSON.stringify([state.addresses[0]])}`,
       `codeRoot=${root}`,
       `clusterHosts=${JSON.stringify(state.addresses)}`,
       `coordinatorStateFile=${shared}/grains.sqlite`,

@@ -120,26 +120,40 @@ export interface ControlListener {
   close(): void;
 }
 
-/** Serves the agent's capability to every TCP connection on the address. */
+/**
+ * Serves the agent's capability on the address. When `masterHosts` is not
+ * empty, a connection from any other host is closed before a byte is read:
+ * whoever can call the agent decides which roles run and which peers the
+ * machine's vats trust.
+ */
 export function listenControl(
   agent: Agent,
   address: rpc.TcpAddress,
   log: Logger,
+  masterHosts: string[] = [],
 ): ControlListener {
-  const listener = rpc.listenTcp(address);
+  const listener = Deno.listen({ ...address, transport: "tcp" });
   const cap = agentCapability(agent);
   const connections = new Set<rpc.RpcConnection>();
+  const allowed = new Set(masterHosts);
   let closed = false;
   (async () => {
     while (!closed) {
-      let transport: rpc.MessageConnection;
+      let conn: Deno.TcpConn;
       try {
-        transport = await listener.accept();
+        conn = await listener.accept();
       } catch (error) {
         if (!closed) log.error("control-accept-failed", { error });
         return;
       }
-      const connection = new rpc.RpcConnection(transport, {
+      const peer = conn.remoteAddr.hostname;
+      if (allowed.size > 0 && !allowed.has(peer)) {
+        log.warn("control-refused", { peer });
+        conn.close();
+        continue;
+      }
+      conn.setNoDelay(true);
+      const connection = new rpc.RpcConnection(new rpc.StreamConnection(conn), {
         bootstrap: cap.addRef(),
       });
       connections.add(connection);
@@ -147,10 +161,14 @@ export function listenControl(
     }
   })();
   return {
-    port: listener.port,
+    port: (listener.addr as Deno.NetAddr).port,
     close() {
       closed = true;
-      listener.close();
+      try {
+        listener.close();
+      } catch {
+        // Closed already.
+      }
       for (const connection of connections) connection.close();
       cap.close();
     },

@@ -25,6 +25,8 @@ export const agentConfig = z.strictObject({
   /** The machine's address on the cluster network. */
   address: z.string().default("127.0.0.1"),
   controlPort: z.number().int().min(1).max(65535).default(7000),
+  /** Hosts the master may call from; empty lets any host call. */
+  masterHosts: z.array(z.string()).default([]),
   codeRoot: z.string().default(
     new URL("../../", import.meta.url).pathname.replace(/\/$/, ""),
   ),
@@ -59,7 +61,13 @@ if (import.meta.main) {
         agent,
         { hostname: config.address, port: config.controlPort },
         log,
+        config.masterHosts,
       );
+      if (config.masterHosts.length === 0) {
+        log.warn("control-open", {
+          reason: "masterHosts is empty: any host may assign roles",
+        });
+      }
       log.info("listening", {
         address: config.address,
         port: control.port,

@@ -125,3 +125,39 @@ Deno.test("any text is parsed as an address or refused with a RangeError", () =>
     { numRuns: 2000, seed: 8 },
   );
 });
+
+Deno.test("an agent answers only the master's hosts", async () => {
+  const root = await Deno.makeTempDir({ prefix: "agent-hosts-test-" });
+  const agent = await Agent.start({
+    machine: "a",
+    stateDir: `${root}/a`,
+    address: "127.0.0.1",
+    catalogue,
+    log: quiet("agent"),
+    roleOutput: "null",
+  });
+  const listeners = [
+    listenControl(agent, { hostname: "127.0.0.1", port: 0 }, quiet("agent"), [
+      "127.0.0.9",
+    ]),
+    listenControl(agent, { hostname: "127.0.0.1", port: 0 }, quiet("agent"), [
+      "127.0.0.1",
+    ]),
+  ];
+  const link = new RpcAgentLink();
+  try {
+    const [refusing, accepting] = listeners.map((l) => ({
+      name: `port${l.port}`,
+      agentAddress: `127.0.0.1:${l.port}`,
+    }));
+    await assert.rejects(link.report(refusing));
+    await assert.rejects(link.assign(refusing, { version: 9, roles: [] }));
+    assert.equal(agent.report().assignmentVersion, 0);
+    assert.equal((await link.report(accepting)).vatId, agent.vatId);
+  } finally {
+    link.close();
+    for (const l of listeners) l.close();
+    await agent.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
