@@ -6,7 +6,8 @@
  * The public address is `https://localhost:<first gateway port>/`, with a
  * self-signed certificate made at first start (in `.data/gateway/nginx/`).
  * Grain hostnames are `<random>.localhost:<same port>`, which browsers
- * resolve to this machine. Shells and gateway share a control token kept in
+ * resolve to this machine. Shells register with the gateway over Cap'n
+ * Proto RPC (proto/gateway.capnp) on its control port, with a token kept in
  * `.data/web-token`, made once, so restarts keep working together.
  *
  * @module
@@ -91,7 +92,7 @@ export const shellRole: SingleMachineRole = {
         ? { kind: "worker", hostname: "127.0.0.1", port: workerPort(context) }
         : { kind: "http", url: `http://127.0.0.1:${p.runner}` },
       gateway: {
-        controlUrl: `http://127.0.0.1:${p.control}`,
+        control: { hostname: "127.0.0.1", port: p.control },
         token: webToken(context),
       },
     };

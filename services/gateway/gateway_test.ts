@@ -1,11 +1,20 @@
 // The gateway with a real nginx in front: shells registering and leaving
 // (nginx's configuration follows, and nginx is reloaded), requests spread
 // over shells, grain hostnames routed by what a shell answers, viewer
-// sessions refused writes.
+// sessions refused writes. Shells register over the control port's RPC
+// (proto/gateway.capnp) and answer route lookups through their Shell
+// capability.
 import assert from "node:assert/strict";
+import * as rpc from "../rpc/mod.ts";
 import { Logger } from "../runtime/log.ts";
+import {
+  type Gateway$Client,
+  GatewayLogin,
+  Shell,
+} from "../../proto/gen/gateway.ts";
+import { gatewayLogin, listenControl } from "./control.ts";
 import { ensureCertificate, NginxProcess, renderNginxConf } from "./nginx.ts";
-import { Gateway, type GrainRoute } from "./proxy.ts";
+import { Gateway, type GrainRoute, ShellRegistrationError } from "./proxy.ts";
 
 const TOKEN = "test-token-0123456789";
 const quiet = new Logger({ role: "gateway", level: "error" });
@@ -47,23 +56,50 @@ Deno.test("nginx configuration lists the shells and refuses injected values", ()
   );
 });
 
-/** A fake shell: answers pages with its name and route lookups from a
- * table. It stands for a shell replica, which the gateway treats as any
- * HTTP upstream. */
-function fakeShell(name: string, routes: Map<string, GrainRoute>) {
+/** A stand-in shell: its web server answers pages with its name (the
+ * gateway treats a shell as any HTTP upstream). */
+function fakeShell(name: string) {
   return Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (r) => {
-    const url = new URL(r.url);
-    if (url.pathname === "/_blackrock/route") {
-      if (r.headers.get("authorization") !== `Bearer ${TOKEN}`) {
-        return new Response("no", { status: 401 });
-      }
-      const route = routes.get(url.searchParams.get("host") ?? "");
-      return route
-        ? Response.json(route)
-        : Response.json({ error: "none" }, { status: 404 });
-    }
     return new Response(`${name} ${r.headers.get("x-forwarded-host")}`);
   });
+}
+
+/** A Shell capability answering route lookups from a table. */
+function routeTable(routes: Map<string, GrainRoute>): rpc.Cap {
+  return rpc.serve(Shell, {
+    route(params, results) {
+      const route = routes.get(params.hostLabel);
+      results.found = route !== undefined;
+      if (route !== undefined) {
+        const out = results._initRoute();
+        out.backend = route.backend;
+        out.grainId = route.grainId;
+        out.canWrite = route.canWrite;
+        out.expiresAtMs = BigInt(route.expiresAt);
+        out.userId = route.userId;
+        out.userName = route.userName;
+      }
+      return Promise.resolve();
+    },
+  });
+}
+
+/** Logs in on a gateway's control port over TCP, as a shell does. */
+async function controlClient(port: number, token: string) {
+  const connection = new rpc.RpcConnection(
+    await rpc.connectTcp({ hostname: "127.0.0.1", port }),
+  );
+  const login = rpc.bootstrap(connection, GatewayLogin);
+  const gateway: Gateway$Client = login.login((p) => p.token = token)
+    .getGateway();
+  rpc.release(login);
+  return {
+    gateway,
+    close() {
+      rpc.release(gateway);
+      connection.close();
+    },
+  };
 }
 
 Deno.test({
@@ -78,8 +114,9 @@ Deno.test({
     const label = "a".repeat(26);
     const viewerLabel = "b".repeat(26);
     const routes = new Map<string, GrainRoute>();
-    const shellA = fakeShell("shell-a", routes);
-    const shellB = fakeShell("shell-b", routes);
+    const shellA = fakeShell("shell-a");
+    const shellB = fakeShell("shell-b");
+    const shellRoutes = routeTable(routes);
     const backend = Deno.serve(
       { hostname: "127.0.0.1", port: 0, onListen() {} },
       async (r) => {
@@ -112,7 +149,6 @@ Deno.test({
       mainHost: host,
       grainHostSuffix: host,
       shellOrigin: `https://${host}`,
-      token: TOKEN,
       log: quiet,
       shellTimeoutMs: 1000,
       routeCacheMs: 0,
@@ -153,14 +189,21 @@ Deno.test({
       const response = await fetch(url, { ...init, client });
       return { status: response.status, text: await response.text() };
     };
-    const register = (id: string, address: string, method = "PUT") =>
-      gateway.control(
-        new Request(`http://control/shells/${id}`, {
-          method,
-          headers: { authorization: `Bearer ${TOKEN}` },
-          body: method === "PUT" ? JSON.stringify({ address }) : undefined,
-        }),
-      );
+    const login = gatewayLogin(gateway, TOKEN);
+    const control = listenControl(
+      login,
+      { hostname: "127.0.0.1", port: 0 },
+      quiet,
+    );
+    const shellLink = await controlClient(control.port, TOKEN);
+    const register = (id: string, address: string) =>
+      shellLink.gateway.registerShell((p) => {
+        p.shellId = id;
+        p.httpAddress = address;
+        p.shell = new Shell.Client(shellRoutes);
+      }).promise();
+    const unregister = (id: string) =>
+      shellLink.gateway.unregisterShell((p) => p.shellId = id).promise();
     try {
       await nginx.start([]);
       const url = `https://${host}`;
@@ -175,15 +218,24 @@ Deno.test({
       assert.equal((await get(`${url}/`)).status, 503, "no shell yet");
 
       // A bad token is refused; two shells register and share the load.
-      const refused = await gateway.control(
-        new Request("http://control/shells/x", { method: "PUT", body: "{}" }),
+      const stranger = await controlClient(control.port, "wrong-token-0123");
+      await assert.rejects(
+        stranger.gateway.registerShell((p) => {
+          p.shellId = "x";
+          p.httpAddress = "127.0.0.1:9";
+          p.shell = new Shell.Client(shellRoutes);
+        }).promise(),
+        /wrong gateway token/,
       );
-      assert.equal(refused.status, 401);
-      await refused.body?.cancel();
+      stranger.close();
+      assert.deepEqual(gateway.shells(), []);
+      await assert.rejects(register("a", "not an address"), /host:port/);
       const a = `127.0.0.1:${shellA.addr.port}`;
       const b = `127.0.0.1:${shellB.addr.port}`;
-      await (await register("a", a)).body?.cancel();
-      await (await register("b", b)).body?.cancel();
+      await register("a", a);
+      await register("b", b);
+      const { status } = await shellLink.gateway.status().promise();
+      assert.deepEqual([...status.shells], [a, b].sort());
       await updates;
       const conf = await Deno.readTextFile(nginx.confPath);
       assert.ok(conf.includes(`server ${a};`) && conf.includes(`server ${b};`));
@@ -205,7 +257,7 @@ Deno.test({
 
       // Shell b leaves: requests go to a only, and nginx is reloaded
       // with a configuration that no longer names b.
-      await (await register("b", b, "DELETE")).body?.cancel();
+      await unregister("b");
       await updates;
       for (let i = 0; i < 3; i++) {
         assert.match((await get(`${url}/`)).text, /^shell-a /);
@@ -217,7 +269,7 @@ Deno.test({
       await updates;
       assert.deepEqual(gateway.shells(), []);
       assert.deepEqual(reloads.at(-1), []);
-      await (await register("a", a)).body?.cancel();
+      await register("a", a);
       await updates;
 
       // Grain hostnames go to the session's backend with its permissions.
@@ -271,6 +323,11 @@ Deno.test({
       assert.match(fallback, /^shell-a /);
     } finally {
       client.close();
+      shellLink.close();
+      control.close();
+      login.close();
+      gateway.close();
+      shellRoutes.close();
       await nginx.stop();
       await Promise.all([
         proxy.shutdown().catch(() => {}),
@@ -289,9 +346,9 @@ Deno.test("random hosts, paths and control requests never make the gateway fail"
     mainHost: "localhost:8443",
     grainHostSuffix: "localhost:8443",
     shellOrigin: "https://localhost:8443",
-    token: TOKEN,
     log: quiet,
   });
+  const shell = rpc.serve(Shell, {});
   await fc.assert(
     fc.asyncProperty(
       fc.string(),
@@ -312,20 +369,23 @@ Deno.test("random hosts, paths and control requests never make the gateway fail"
           String(response.status),
         );
         await response.body?.cancel();
-        const control = await gateway.control(
-          new Request(`http://control/${encodeURI(path)}`, {
-            method,
-            headers: { authorization: `Bearer ${TOKEN}` },
-            body: method === "PUT" || method === "POST" ? body : undefined,
-          }),
-        );
-        assert.ok(control.status < 500, String(control.status));
-        await control.body?.cancel();
+        // A registration with random values is refused with a typed error
+        // or, when the values happen to be well formed, taken.
+        try {
+          gateway.registerShell(path, body, new Shell.Client(shell));
+        } catch (error) {
+          assert.ok(error instanceof ShellRegistrationError, String(error));
+        }
+        if (method === "DELETE") gateway.unregisterShell(path);
       },
     ),
     { numRuns: 300, seed: 11 },
   );
-  assert.deepEqual(gateway.shells(), [], "no garbage registered as a shell");
+  for (const address of gateway.shells()) {
+    assert.match(address, /^[0-9A-Za-z.\-]+:\d{1,5}$/);
+  }
+  gateway.close();
+  shell.close();
 });
 
 Deno.test({

@@ -1,8 +1,9 @@
 /**
  * The gateway role: nginx terminating TLS in front of the gateway service,
  * which sends the main hostname to a shell replica and each grain hostname
- * to its session's backend. Shells register on the control port; nginx's
- * configuration follows the set of live shells.
+ * to its session's backend. Shells register on the control port (Cap'n
+ * Proto RPC, proto/gateway.capnp, see control.ts); nginx's configuration
+ * follows the set of live shells.
  *
  * @module
  */
@@ -11,6 +12,7 @@ import { z } from "zod";
 import { runService } from "../runtime/service.ts";
 import { ensureCertificate, NginxProcess } from "./nginx.ts";
 import { Gateway } from "./proxy.ts";
+import { gatewayLogin, listenControl } from "./control.ts";
 
 /** The gateway's configuration. */
 export const gatewayConfig = z.strictObject({
@@ -19,7 +21,7 @@ export const gatewayConfig = z.strictObject({
     hostname: z.string().default("127.0.0.1"),
     port: z.number().int().min(0).max(65535).default(0),
   }).default({ hostname: "127.0.0.1", port: 0 }),
-  /** Where shells register. */
+  /** Where shells register (RPC over TCP). */
   control: z.strictObject({
     hostname: z.string().default("127.0.0.1"),
     port: z.number().int().min(0).max(65535).default(6081),
@@ -64,15 +66,13 @@ if (import.meta.main) {
         mainHost: config.mainHost,
         grainHostSuffix: config.grainHostSuffix,
         shellOrigin: config.shellOrigin,
-        token: config.token,
         log,
         shellTimeoutMs: config.shellTimeoutMs,
         status: () => ({
-          role: "gateway",
           hostname: hostname(),
           pid: Deno.pid,
           rssBytes: Deno.memoryUsage().rss,
-          startedAt,
+          startedAtMs: startedAt,
           address: `${config.nginx.listenHostname}:${config.nginx.listenPort}`,
         }),
         onShellsChanged(shells) {
@@ -94,15 +94,12 @@ if (import.meta.main) {
         port: config.listen.port,
         onListen: () => {},
       }, (request) => gateway.handle(request));
-      const control = Deno.serve({
-        hostname: config.control.hostname,
-        port: config.control.port,
-        onListen: () => {},
-      }, (request) => gateway.control(request));
+      const login = gatewayLogin(gateway, config.token);
+      const control = listenControl(login, config.control, log);
       const proxyAddress = `${config.listen.hostname}:${proxy.addr.port}`;
       log.info("listening", {
         proxy: proxyAddress,
-        control: `${config.control.hostname}:${control.addr.port}`,
+        control: `${config.control.hostname}:${control.port}`,
       });
 
       if (config.nginx.enabled) {
@@ -146,7 +143,9 @@ if (import.meta.main) {
           clearInterval(sweeper);
           await nginx?.stop();
           await updating;
-          await Promise.all([proxy.shutdown(), control.shutdown()]);
+          control.close();
+          login.close();
+          await proxy.shutdown();
           gateway.close();
         },
       };

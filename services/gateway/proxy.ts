@@ -12,7 +12,9 @@
  *
  * @module
  */
+import * as rpc from "../rpc/mod.ts";
 import type { Logger } from "../runtime/log.ts";
+import type { Shell$Client } from "../../proto/gen/gateway.ts";
 import { isWorkerBackend, WorkerSessions } from "./worker_sessions.ts";
 
 /** Where a grain session's requests go, as a shell answered. */
@@ -35,15 +37,37 @@ export interface GatewayOptions {
   grainHostSuffix: string;
   /** Public URL of the shell, allowed to frame grains. */
   shellOrigin: string;
-  token: string;
   log: Logger;
   /** A shell not heard from for this long is dropped. */
   shellTimeoutMs?: number;
   routeCacheMs?: number;
   /** Called when the set of live shells changes. */
   onShellsChanged?: (addresses: string[]) => void;
-  /** What GET /status reports about this process, beside the shells. */
-  status?: () => Record<string, unknown>;
+  /** What the status call reports about this process, beside the
+   * shells. */
+  status?: () => GatewayProcessStatus;
+}
+
+/** This gateway process, as the shells' admin page shows it. */
+export interface GatewayProcessStatus {
+  hostname: string;
+  pid: number;
+  rssBytes: number;
+  startedAtMs: number;
+  /** Where browsers reach it (nginx's host:port). */
+  address: string;
+}
+
+/** A registration refused for its values (the shell's mistake). */
+export class ShellRegistrationError extends Error {
+  override name = "ShellRegistrationError";
+}
+
+interface RegisteredShell {
+  address: string;
+  seenAt: number;
+  /** Answers route lookups; released when the shell is dropped. */
+  shell: Shell$Client;
 }
 
 const HOP_BY_HOP = [
@@ -65,11 +89,12 @@ function text(body: string, status: number): Response {
   });
 }
 
-/** The routing core; `handle` serves the proxy port, `control` the port
- * where shells register. */
+/** The routing core; `handle` serves the proxy port, and shells register
+ * through the control port's RPC (services/gateway/control.ts,
+ * proto/gateway.capnp). */
 export class Gateway {
   readonly #options: GatewayOptions;
-  readonly #shells = new Map<string, { address: string; seenAt: number }>();
+  readonly #shells = new Map<string, RegisteredShell>();
   readonly #routes = new Map<string, { route: GrainRoute; at: number }>();
   readonly #workerSessions = new WorkerSessions();
   #next = 0;
@@ -84,7 +109,7 @@ export class Gateway {
     const timeout = this.#options.shellTimeoutMs ?? 6000;
     const now = Date.now();
     for (const [id, shell] of this.#shells) {
-      if (now - shell.seenAt > timeout) this.#shells.delete(id);
+      if (now - shell.seenAt > timeout) this.#drop(id);
     }
     return [...new Set([...this.#shells.values()].map((s) => s.address))]
       .sort();
@@ -101,44 +126,56 @@ export class Gateway {
     }
   }
 
-  /** The control API, with a bearer token: PUT/DELETE /shells/{id} and
-   * GET /status. */
-  async control(request: Request): Promise<Response> {
-    if (
-      request.headers.get("authorization") !== `Bearer ${this.#options.token}`
-    ) {
-      return text("bad token", 401);
+  #drop(id: string): void {
+    const known = this.#shells.get(id);
+    if (known === undefined) return;
+    this.#shells.delete(id);
+    rpc.release(known.shell);
+  }
+
+  /**
+   * Adds or refreshes a shell (its heartbeat). The gateway keeps its own
+   * reference to `shell`; the caller keeps (and releases) theirs.
+   */
+  registerShell(id: string, address: string, shell: Shell$Client): void {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) {
+      throw new ShellRegistrationError(
+        `shell ID ${JSON.stringify(id.slice(0, 80))} must be 1-64 letters, ` +
+          `digits, "_" or "-"`,
+      );
     }
-    const match = /^\/shells\/([A-Za-z0-9_-]{1,64})$/.exec(
-      new URL(request.url).pathname,
-    );
-    if (new URL(request.url).pathname === "/status") {
-      return Response.json({
-        ...this.#options.status?.(),
-        shells: this.shells(),
-      });
+    if (!/^[0-9A-Za-z.\-]+:\d{1,5}$/.test(address)) {
+      throw new ShellRegistrationError(
+        `shell address ${JSON.stringify(address.slice(0, 80))} must be ` +
+          `host:port`,
+      );
     }
-    if (match === null) return text("not found", 404);
-    if (request.method === "DELETE") {
-      this.#shells.delete(match[1]);
-      this.sweep();
-      return text("removed", 200);
-    }
-    if (request.method !== "PUT") return text("use PUT or DELETE", 405);
-    let address: unknown;
-    try {
-      address = (await request.json()).address;
-    } catch {
-      return text("body must be JSON", 400);
-    }
-    if (
-      typeof address !== "string" || !/^[0-9A-Za-z.\-]+:\d{1,5}$/.test(address)
-    ) {
-      return text("address must be host:port", 400);
-    }
-    this.#shells.set(match[1], { address, seenAt: Date.now() });
+    const previous = this.#shells.get(id);
+    this.#shells.set(id, {
+      address,
+      seenAt: Date.now(),
+      shell: rpc.retain(shell),
+    });
+    if (previous !== undefined) rpc.release(previous.shell);
     this.sweep();
-    return text("ok", 200);
+  }
+
+  /** Removes a shell at once (it is stopping). */
+  unregisterShell(id: string): void {
+    this.#drop(id);
+    this.sweep();
+  }
+
+  /** This process and its live shells, for the status call. */
+  status(): GatewayProcessStatus & { shells: string[] } {
+    const self = this.#options.status?.() ?? {
+      hostname: "",
+      pid: 0,
+      rssBytes: 0,
+      startedAtMs: 0,
+      address: "",
+    };
+    return { ...self, shells: this.shells() };
   }
 
   /** Serves one request arriving from nginx. */
@@ -192,26 +229,28 @@ export class Gateway {
     if (cached !== undefined && now - cached.at < cacheMs) {
       return cached.route.expiresAt > now ? cached.route : undefined;
     }
-    for (const address of this.shells()) {
-      let response: Response;
+    this.shells();
+    for (const { shell } of [...this.#shells.values()]) {
+      let answer;
       try {
-        response = await fetch(
-          `http://${address}/_blackrock/route?host=${label}`,
-          { headers: { authorization: `Bearer ${this.#options.token}` } },
-        );
+        answer = await shell.route((p) => p.hostLabel = label).promise();
       } catch {
         continue;
       }
-      if (response.status === 404) {
-        await response.body?.cancel();
+      if (!answer.found) {
         this.#routes.delete(label);
         return undefined;
       }
-      if (!response.ok) {
-        await response.body?.cancel();
-        continue;
-      }
-      const route = await response.json() as GrainRoute;
+      const found = answer.route;
+      const route: GrainRoute = {
+        backend: found.backend,
+        grainId: found.grainId,
+        canWrite: found.canWrite,
+        expiresAt: Number(found.expiresAtMs),
+        userId: found.userId,
+        userName: found.userName,
+        permissions: [...found.permissions],
+      };
       if (this.#routes.size > 10_000) this.#routes.clear();
       this.#routes.set(label, { route, at: now });
       return route;
@@ -279,8 +318,9 @@ export class Gateway {
     });
   }
 
-  /** Closes connections to workers. */
+  /** Closes connections to workers and drops every shell. */
   close(): void {
+    for (const id of [...this.#shells.keys()]) this.#drop(id);
     this.#workerSessions.close();
   }
 }

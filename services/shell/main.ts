@@ -23,7 +23,8 @@ import {
   type Replica,
   type ShellRepository,
 } from "./repo/types.ts";
-import { createShellHandler, createUser } from "./server.ts";
+import { createShellHandler, createUser, lookupRoute } from "./server.ts";
+import { GatewayLink } from "./gateway_link.ts";
 
 const GiB = 1024 ** 3;
 
@@ -58,8 +59,12 @@ export const shellConfig = z.strictObject({
     }),
   ]).default({ kind: "none" }),
   gateway: z.strictObject({
-    /** The gateway's control URL, where replicas register. */
-    controlUrl: z.string().url().optional(),
+    /** The gateway's control port (RPC, proto/gateway.capnp), where
+     * replicas register. */
+    control: z.strictObject({
+      hostname: z.string().default("127.0.0.1"),
+      port: z.number().int().min(1).max(65535),
+    }).optional(),
     /** Shared secret between shells and gateways. */
     token: z.string().min(16),
   }),
@@ -109,31 +114,19 @@ async function ensureAdmin(
 }
 
 /** The gateway as the admin page shows it, or nothing if it is away. */
-async function gatewayReplicas(config: ShellConfig): Promise<Replica[]> {
-  if (config.gateway.controlUrl === undefined) return [];
-  try {
-    const response = await fetch(`${config.gateway.controlUrl}/status`, {
-      headers: { authorization: `Bearer ${config.gateway.token}` },
-      signal: AbortSignal.timeout(2000),
-    });
-    if (!response.ok) {
-      await response.body?.cancel();
-      return [];
-    }
-    const status = await response.json();
-    return [{
-      id: `gateway-${status.pid}`,
-      role: "gateway",
-      address: String(status.address),
-      hostname: String(status.hostname),
-      pid: Number(status.pid),
-      rssBytes: Number(status.rssBytes),
-      startedAt: Number(status.startedAt),
-      lastSeenAt: Date.now(),
-    }];
-  } catch {
-    return [];
-  }
+async function gatewayReplicas(link?: GatewayLink): Promise<Replica[]> {
+  const status = await link?.status();
+  if (status === undefined) return [];
+  return [{
+    id: `gateway-${status.pid}`,
+    role: "gateway",
+    address: status.address,
+    hostname: status.hostname,
+    pid: status.pid,
+    rssBytes: status.rssBytes,
+    startedAt: status.startedAtMs,
+    lastSeenAt: Date.now(),
+  }];
 }
 
 if (import.meta.main) {
@@ -162,9 +155,8 @@ if (import.meta.main) {
         log,
         baseUrl: config.baseUrl,
         grainHostSuffix: config.grainHostSuffix,
-        gatewayToken: config.gateway.token,
         defaultQuotaBytes: config.defaultQuotaBytes,
-        otherReplicas: () => gatewayReplicas(config),
+        otherReplicas: () => gatewayReplicas(gateway),
       });
       const server = Deno.serve({
         hostname: config.listen.hostname,
@@ -175,6 +167,15 @@ if (import.meta.main) {
       log.info("listening", { address });
 
       const id = `shell-${randomToken(6)}`;
+      const gateway = config.gateway.control === undefined
+        ? undefined
+        : new GatewayLink({
+          address: config.gateway.control,
+          token: config.gateway.token,
+          shellId: id,
+          httpAddress: address,
+          lookup: (label) => lookupRoute(repo, label),
+        });
       const startedAt = Date.now();
       const beat = async () => {
         const now = Date.now();
@@ -190,20 +191,7 @@ if (import.meta.main) {
         });
         await repo.deleteExpiredLoginSessions(now);
         await repo.deleteExpiredGrainSessions(now);
-        if (config.gateway.controlUrl !== undefined) {
-          const response = await fetch(
-            `${config.gateway.controlUrl}/shells/${id}`,
-            {
-              method: "PUT",
-              headers: {
-                authorization: `Bearer ${config.gateway.token}`,
-                "content-type": "application/json",
-              },
-              body: JSON.stringify({ address }),
-            },
-          );
-          await response.body?.cancel();
-        }
+        await gateway?.heartbeat();
       };
       let beating = false;
       const timer = setInterval(() => {
@@ -221,12 +209,7 @@ if (import.meta.main) {
         done: server.finished,
         async stop() {
           clearInterval(timer);
-          if (config.gateway.controlUrl !== undefined) {
-            await fetch(`${config.gateway.controlUrl}/shells/${id}`, {
-              method: "DELETE",
-              headers: { authorization: `Bearer ${config.gateway.token}` },
-            }).then((r) => r.body?.cancel()).catch(() => {});
-          }
+          await gateway?.close();
           await server.shutdown();
           await repo.removeReplica(id);
           await repo.close();

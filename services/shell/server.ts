@@ -1,6 +1,7 @@
 /**
- * The shell's HTTP handler: sign-in, apps, grains, sharing, the admin page,
- * and the route lookup the gateway uses for grain hostnames. It keeps no
+ * The shell's HTTP handler: sign-in, apps, grains, sharing, the admin page;
+ * and {@link lookupRoute}, which gateways reach over RPC (gateway_link.ts)
+ * for grain hostnames. It keeps no
  * state of its own beyond caches: everything lives in the repository, so
  * any number of replicas can serve the same users.
  *
@@ -56,8 +57,6 @@ export interface ShellOptions {
   /** Grain hosts are `<label>.<grainHostSuffix>`, for example
    * "localhost:8443". */
   grainHostSuffix: string;
-  /** Bearer token the gateway presents to look up routes. */
-  gatewayToken: string;
   defaultQuotaBytes: number;
   loginSessionMs?: number;
   grainSessionMs?: number;
@@ -697,43 +696,12 @@ export function createShellHandler(options: ShellOptions) {
     }));
   }
 
-  /** The gateway's question: where does this grain hostname go? */
-  async function route(request: Request): Promise<Response> {
-    if (
-      request.headers.get("authorization") !== `Bearer ${options.gatewayToken}`
-    ) {
-      return json({ error: "bad gateway token" }, 401);
-    }
-    const label = new URL(request.url).searchParams.get("host") ?? "";
-    const session = await repo.getGrainSessionByHost(label);
-    if (session === undefined || session.expiresAt < Date.now()) {
-      return json({ error: "no such session" }, 404);
-    }
-    const user = session.userId
-      ? await repo.getUser(session.userId)
-      : undefined;
-    const grain = await repo.getGrain(session.grainId);
-    const pkg = grain && await repo.getPackage(grain.packageId);
-    return json({
-      permissions: sessionPermissions(pkg?.roles ?? [], session.roleIndex),
-      backend: session.backend,
-      grainId: session.grainId,
-      canWrite: session.canWrite,
-      expiresAt: session.expiresAt,
-      userId: session.userId,
-      userName: user?.displayName ?? "Anonymous",
-    });
-  }
-
   return async function handle(request: Request): Promise<Response> {
     const url = new URL(request.url);
     const path = url.pathname;
     const method = request.method;
     try {
       if (path === "/healthz") return new Response("ok");
-      if (path === "/_blackrock/route" && method === "GET") {
-        return await route(request);
-      }
       if (path === "/" && method === "GET") return await home(request);
       if (path === "/login") return await login(request);
       if (path === "/logout" && method === "POST") return await logout(request);
@@ -774,6 +742,43 @@ export function createShellHandler(options: ShellOptions) {
  * role the app declares; every flag for the owner (roleIndex -1); and for
  * the default roles, [write, view] with write only for the editor.
  */
+/** Where a grain session's requests go, as gateways ask for it (over
+ * proto/gateway.capnp's `Shell.route`). */
+export interface SessionRoute {
+  backend: string;
+  grainId: string;
+  canWrite: boolean;
+  expiresAt: number;
+  userId: string;
+  userName: string;
+  /** The app's permission flags for this session. */
+  permissions: boolean[];
+}
+
+/** The route of the live grain session whose hostname starts with
+ * `label`, or undefined when there is none (unknown or expired). */
+export async function lookupRoute(
+  repo: ShellRepository,
+  label: string,
+): Promise<SessionRoute | undefined> {
+  const session = await repo.getGrainSessionByHost(label);
+  if (session === undefined || session.expiresAt < Date.now()) {
+    return undefined;
+  }
+  const user = session.userId ? await repo.getUser(session.userId) : undefined;
+  const grain = await repo.getGrain(session.grainId);
+  const pkg = grain && await repo.getPackage(grain.packageId);
+  return {
+    permissions: sessionPermissions(pkg?.roles ?? [], session.roleIndex),
+    backend: session.backend,
+    grainId: session.grainId,
+    canWrite: session.canWrite,
+    expiresAt: session.expiresAt,
+    userId: session.userId ?? "",
+    userName: user?.displayName ?? "Anonymous",
+  };
+}
+
 export function sessionPermissions(
   roles: AppRole[],
   roleIndex: number,

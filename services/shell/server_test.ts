@@ -1,9 +1,12 @@
 // The shell's handler in process, over a real SQLite repository and real
 // package verification: the security rules that the browser tests do not
-// reach directly (CSRF, cross-origin posts, the gateway's token, cookie
-// flags, quotas).
+// reach directly (CSRF, cross-origin posts, route lookups, cookie flags,
+// quotas).
 import assert from "node:assert/strict";
+import * as rpc from "../rpc/mod.ts";
 import { Logger } from "../runtime/log.ts";
+import { Shell } from "../../proto/gen/gateway.ts";
+import { serveShell } from "./gateway_link.ts";
 import { buildSpk, generateKey } from "../spk/write.ts";
 import {
   type GrainRunner,
@@ -13,7 +16,7 @@ import {
 import { PackageStore, spkVerifier } from "./packages.ts";
 import { hashPassword, verifyPassword } from "./password.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
-import { createShellHandler, createUser } from "./server.ts";
+import { createShellHandler, createUser, lookupRoute } from "./server.ts";
 
 const BASE = "https://shell.test:8443";
 
@@ -45,7 +48,6 @@ async function setup() {
     log: new Logger({ role: "shell", level: "error" }),
     baseUrl: BASE,
     grainHostSuffix: "shell.test:8443",
-    gatewayToken: "gateway-token-0123456789",
     defaultQuotaBytes: 1000,
   });
   await createUser(repo, {
@@ -157,7 +159,7 @@ Deno.test("forms without the CSRF token or from another origin are refused", asy
   }
 });
 
-Deno.test("the route lookup needs the gateway token and names the session's rights", async () => {
+Deno.test("route lookups over RPC name a live session's backend and rights", async () => {
   const world = await setup();
   try {
     const { session, csrf } = await signIn(world);
@@ -189,25 +191,33 @@ Deno.test("the route lookup needs the gateway token and names the session's righ
     assert.ok(host, "the grain frame is on a random hostname");
     assert.equal(world.runner.opened.length, 1);
 
-    const lookup = (token: string) =>
-      world.call(`/_blackrock/route?host=${host[1]}`, {
-        headers: { authorization: `Bearer ${token}` },
-      });
-    const refused = await lookup("wrong");
-    assert.equal(refused.status, 401);
-    await refused.body?.cancel();
-    const route = await (await lookup("gateway-token-0123456789")).json();
-    assert.equal(route.backend, "http://127.0.0.1:9/backend");
-    assert.equal(route.canWrite, true);
-    assert.equal(route.userName, "Alice");
-    const unknown = await world.call(
-      `/_blackrock/route?host=${"a".repeat(26)}`,
-      {
-        headers: { authorization: "Bearer gateway-token-0123456789" },
-      },
-    );
-    assert.equal(unknown.status, 404);
-    await unknown.body?.cancel();
+    // A gateway asks through the Shell capability, across a connection.
+    const served = serveShell((label) => lookupRoute(world.repo, label));
+    const [a, b] = rpc.memoryPipe();
+    const shellSide = new rpc.RpcConnection(a, { bootstrap: served });
+    const gatewaySide = new rpc.RpcConnection(b);
+    const shell = rpc.bootstrap(gatewaySide, Shell);
+    try {
+      const answer = await shell.route((p) => p.hostLabel = host[1])
+        .promise();
+      assert.equal(answer.found, true);
+      assert.equal(answer.route.backend, "http://127.0.0.1:9/backend");
+      assert.equal(answer.route.canWrite, true);
+      assert.equal(answer.route.userName, "Alice");
+      assert.ok(Number(answer.route.expiresAtMs) > Date.now());
+      const unknown = await shell.route((p) => p.hostLabel = "a".repeat(26))
+        .promise();
+      assert.equal(unknown.found, false);
+    } finally {
+      rpc.release(shell);
+      gatewaySide.close();
+      shellSide.close();
+      served.close();
+    }
+    // The old HTTP route lookup is gone from the shell's web server.
+    const old = await world.call(`/_blackrock/route?host=${host[1]}`);
+    assert.equal(old.status, 404);
+    await old.body?.cancel();
 
     // Titles are escaped wherever they appear.
     const renamed = await world.call(`${grainPath}/rename`, {

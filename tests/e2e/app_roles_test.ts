@@ -17,7 +17,13 @@ import { buildSpk, generateKey } from "../../services/spk/write.ts";
 import { Gateway } from "../../services/gateway/proxy.ts";
 import { PackageStore, spkVerifier } from "../../services/shell/packages.ts";
 import { SqliteRepository } from "../../services/shell/repo/sqlite.ts";
-import { createShellHandler, createUser } from "../../services/shell/server.ts";
+import {
+  createShellHandler,
+  createUser,
+  lookupRoute,
+} from "../../services/shell/server.ts";
+import { serveShell } from "../../services/shell/gateway_link.ts";
+import { Shell } from "../../proto/gen/gateway.ts";
 import { WorkerGrainRunner } from "../../services/shell/worker_client.ts";
 import { Worker, type Worker$Server$Target } from "../../proto/gen/worker.ts";
 import {
@@ -30,8 +36,6 @@ import {
   type WebSession$Server$Target,
   WebSession_Response_SuccessCode,
 } from "../../proto/gen/sandstorm/web-session.ts";
-
-const TOKEN = "app-roles-token-0123456789";
 
 /** A worker whose every grain is an app declaring three roles over two
  * permissions (edit, read); its pages answer with the session's flags. */
@@ -146,9 +150,9 @@ Deno.test({
       log,
       baseUrl: base,
       grainHostSuffix: host,
-      gatewayToken: TOKEN,
       defaultQuotaBytes: 1 << 30,
     });
+    const shellRoutes = serveShell((label) => lookupRoute(repo, label));
     const shellServer = Deno.serve(
       { hostname: "127.0.0.1", port: 0, onListen() {} },
       handler,
@@ -157,22 +161,17 @@ Deno.test({
       mainHost: host,
       grainHostSuffix: host,
       shellOrigin: base,
-      token: TOKEN,
       log,
       routeCacheMs: 0,
     });
     try {
-      const registered = await gateway.control(
-        new Request("http://control/shells/s1", {
-          method: "PUT",
-          headers: { authorization: `Bearer ${TOKEN}` },
-          body: JSON.stringify({
-            address: `127.0.0.1:${shellServer.addr.port}`,
-          }),
-        }),
+      // The shell's route lookups, as the gateway reaches them over RPC
+      // (proto/gateway.capnp's Shell), served in process here.
+      gateway.registerShell(
+        "s1",
+        `127.0.0.1:${shellServer.addr.port}`,
+        new Shell.Client(shellRoutes),
       );
-      assert.equal(registered.status, 200);
-      await registered.body?.cancel();
 
       for (const name of ["alice", "bob"]) {
         await createUser(repo, {
@@ -273,6 +272,7 @@ Deno.test({
       await post.body?.cancel();
     } finally {
       gateway.close();
+      shellRoutes.close();
       runner.close();
       worker.close();
       await shellServer.shutdown();

@@ -138,7 +138,7 @@ export function startShell(options: WebSideOptions, index: number) {
     `baseUrl=https://${host}`,
     `grainHostSuffix=${host}`,
     `gateway.token=${options.token}`,
-    `gateway.controlUrl=http://127.0.0.1:${options.controlPort}`,
+    `gateway.control.port=${options.controlPort}`,
     `packageDir=${options.dataDir}/shell/packages`,
     `heartbeatMs=500`,
   ];
