@@ -1,13 +1,15 @@
 /**
  * Building blocks for cluster tests and the cluster benchmark: coordinator
  * processes (the real role, started under its scoped permissions), worker
- * processes, and RPC clients of the coordinator.
+ * processes, RPC clients of the coordinator and the worker, and clean-up
+ * for what killed workers leave (mounts, cgroups).
  *
- * The worker used here is tests/cluster/testdata/standin_worker.ts, which
- * speaks the coordinator's real protocol but serves each grain as an HTTP
- * answer rather than a sandboxed app. When the worker, storage, shell and
- * gateway roles run under the agent, the full five-machine tests take the
- * same shape with `startWorker` swapped for the real role.
+ * Two kinds of worker: {@link startRealWorker} runs the real worker role
+ * (services/worker/main.ts: sandboxes, the app on fd 3); {@link
+ * startWorker} runs tests/cluster/testdata/standin_worker.ts, which speaks
+ * the coordinator's real protocol but answers for a grain over HTTP without
+ * running an app, for tests of the coordinator alone. Whole simulated
+ * machines (namespaces, agents, master) come from tasks/cluster.ts.
  *
  * @module
  */
