@@ -110,7 +110,11 @@ export class BlockDaemon {
         log: options.log,
         tuning: options.cache,
       });
-      await Deno.mkdir(options.socketDirectory, { recursive: true });
+      // Only this user may reach the exports: whoever connects can write.
+      await Deno.mkdir(options.socketDirectory, {
+        recursive: true,
+        mode: 0o700,
+      });
       const socketPath = this.socketPath(grain);
       await Deno.remove(socketPath).catch(() => {});
       const listener = Deno.listen({ transport: "unix", path: socketPath });

@@ -199,6 +199,10 @@ export class GrainCache implements BlockDevice {
   async read(offset: number, target: Uint8Array): Promise<void> {
     const first = Math.floor(offset / BLOCK_BYTES);
     const end = Math.ceil((offset + target.length) / BLOCK_BYTES);
+    if (await this.#readMissing(offset, target, first, end)) {
+      this.#observer?.(first, end - first);
+      return;
+    }
     await this.ensurePresent(first, end, this.#options.readAheadBlocks);
     if (target.length >= ASYNC_COPY_BYTES) {
       await this.#data.readAtAsync(target, offset);
@@ -319,10 +323,17 @@ export class GrainCache implements BlockDevice {
     });
   }
 
-  async #fetch(first: number, count: number): Promise<void> {
+  /** Fetches blocks into the cache. `received`, when given, hears of the
+   * store's data as soon as it arrives, before it is in the cache. */
+  async #fetch(
+    first: number,
+    count: number,
+    received?: (data: Uint8Array) => void,
+  ): Promise<void> {
     try {
       this.#stats.storeReads++;
       const data = await this.#store.readBlocks(first, count);
+      received?.(data);
       if (this.#closed) return;
       // Client writes wait for fetches of their blocks (#awaitFetches),
       // so nothing becomes present meanwhile; the check is a safeguard.
@@ -346,6 +357,47 @@ export class GrainCache implements BlockDevice {
     } finally {
       for (let i = first; i < first + count; i++) this.#fetching.delete(i);
     }
+  }
+
+  /**
+   * The cold path: when no block of the read is in the cache or on its
+   * way, one fetch covers it (and the read-ahead), and the reply is copied
+   * from the store's data at once instead of waiting for the cache write
+   * and reading the cache back. Returns false when the path does not
+   * apply.
+   */
+  async #readMissing(
+    offset: number,
+    target: Uint8Array,
+    first: number,
+    end: number,
+  ): Promise<boolean> {
+    const maxRun = this.#options.maxRunBlocks;
+    if (end - first > maxRun || this.#present.nextSet(first, end) < end) {
+      return false;
+    }
+    for (let i = first; i < end; i++) {
+      if (this.#fetching.has(i)) return false;
+    }
+    let runEnd = end;
+    const limit = Math.min(
+      this.sizeBlocks,
+      end + this.#options.readAheadBlocks,
+      first + maxRun,
+    );
+    while (
+      runEnd < limit && !this.#present.get(runEnd) &&
+      !this.#fetching.has(runEnd)
+    ) runEnd++;
+    const arrived = Promise.withResolvers<Uint8Array>();
+    const fetch = this.#fetch(first, runEnd - first, arrived.resolve);
+    for (let i = first; i < runEnd; i++) this.#fetching.set(i, fetch);
+    // A failed fetch rejects `fetch` before `arrived` resolves.
+    fetch.catch((error) => arrived.reject(error));
+    const data = await arrived.promise;
+    const start = offset - first * BLOCK_BYTES;
+    target.set(data.subarray(start, start + target.length));
+    return true;
   }
 
   /** Waits for fetches in flight over `[first, end)`: their data is older

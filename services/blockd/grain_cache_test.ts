@@ -128,6 +128,31 @@ Deno.test("a crash drops the cache and flushed data comes back from the store", 
   });
 });
 
+Deno.test("cold reads at odd offsets come from the store, then from the cache", async () => {
+  await withStore(64, async (store, root) => {
+    const lease = await store.acquireLease("w", 0);
+    const content = new Uint8Array(64 * 4096).map((_, i) => (i * 13) % 251);
+    await store.writeBlocks(0, content);
+    const cache = await openCache(store, root, lease.epoch, {
+      readAheadBlocks: 4,
+    });
+    try {
+      for (const [offset, length] of [[5000, 10_000], [40_000, 3], [0, 1]]) {
+        const cold = new Uint8Array(length);
+        await cache.read(offset, cold);
+        assert.deepEqual(cold, content.subarray(offset, offset + length));
+      }
+      const reads = cache.stats().storeReads;
+      const warm = new Uint8Array(10_000);
+      await cache.read(5000, warm);
+      assert.deepEqual(warm, content.subarray(5000, 15_000));
+      assert.equal(cache.stats().storeReads, reads);
+    } finally {
+      await cache.close();
+    }
+  });
+});
+
 Deno.test("a clean close keeps the cache only for the next lease epoch", async () => {
   await withStore(64, async (store, root) => {
     let lease = await store.acquireLease("w", 0);
