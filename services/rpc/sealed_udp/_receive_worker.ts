@@ -1,10 +1,13 @@
 /**
  * Worker thread that blocks in recvmmsg so the main thread never does.
  *
- * It fills regions of a shared buffer with batches of datagrams and posts
- * `[region, count]` for each; the main thread opens and handles them in
- * place, then marks the region free again. A control word tells the
- * worker to stop; it polls with a short timeout so it notices.
+ * It fills regions of a shared buffer with batches of datagrams, writes
+ * each region's packet count into its state word, then bumps a sequence
+ * word and notifies it. The main thread waits on that word with
+ * Atomics.waitAsync (a wake-up there costs a fraction of a postMessage),
+ * opens and handles the batches in place, and marks each region free
+ * again. A control word tells the worker to stop; it polls with a short
+ * timeout so it notices.
  *
  * @module
  */
@@ -12,8 +15,11 @@
 import { UDP_RECV_WORDS, udpReceiveBatch } from "../../../ffi/native.ts";
 import type { ReceiveWorkerInit } from "./socket.ts";
 
-/** Index of the stop flag in the control words; region states follow. */
+/** Indexes in the control words: the stop flag, the batch sequence;
+ * region states follow (0 free, else the count of packets it holds). */
 const STOP = 0;
+const SEQUENCE = 1;
+const FIRST_REGION = 2;
 const POLL_MS = 100;
 
 declare const self: {
@@ -30,8 +36,9 @@ function run(init: ReceiveWorkerInit): void {
   self.postMessage("ready");
   while (Atomics.load(control, STOP) === 0) {
     // Wait for the main thread to hand the next region back.
-    if (Atomics.load(control, 1 + region) !== 0) {
-      Atomics.wait(control, 1 + region, 1, POLL_MS);
+    const state = Atomics.load(control, FIRST_REGION + region);
+    if (state !== 0) {
+      Atomics.wait(control, FIRST_REGION + region, state, POLL_MS);
       continue;
     }
     const buffer = new Uint8Array(init.data, region * regionBytes, regionBytes);
@@ -55,8 +62,11 @@ function run(init: ReceiveWorkerInit): void {
       break;
     }
     if (count === 0) continue;
-    Atomics.store(control, 1 + region, 1);
-    self.postMessage([region, count]);
+    // The state first: a main thread that sees the new sequence must also
+    // see the filled region.
+    Atomics.store(control, FIRST_REGION + region, count);
+    Atomics.add(control, SEQUENCE, 1);
+    Atomics.notify(control, SEQUENCE);
     region = (region + 1) % init.regions;
   }
   self.postMessage("stopped");

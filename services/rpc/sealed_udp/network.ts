@@ -33,6 +33,7 @@ import {
   openBatch,
   PacketStatus,
   sealBatch,
+  UDP_RECV_MAX,
   UDP_RECV_WORDS,
   UDP_SEND_WORDS,
 } from "../../../ffi/native.ts";
@@ -286,6 +287,10 @@ export class SealedUdpNetwork implements VatNetwork {
   #batchCount = 0;
   #batchKeys = 0;
   #batchKeyPeer: Peer | undefined;
+  // Receive side: arrays reused for every batch, and the last sender.
+  #scratch: OpenScratch | undefined;
+  readonly #connectionPeers = new WeakMap<SealedConnection, Peer>();
+  #lastPeer: Peer | undefined;
 
   private constructor(
     options: SealedUdpNetworkOptions,
@@ -321,7 +326,9 @@ export class SealedUdpNetwork implements VatNetwork {
     this.#prefixLow = prefix.getUint32(4);
     this.#host = {
       wake: (connection) => {
-        const peer = this.#peers.get(vatIdHex(connection.peerVatId));
+        // Every send wakes: look the peer up without hex-encoding its ID.
+        const peer = this.#connectionPeers.get(connection) ??
+          this.#peers.get(vatIdHex(connection.peerVatId));
         if (peer) this.#markDirty(peer);
       },
       retire: (connection) => this.#retire(connection),
@@ -522,6 +529,7 @@ export class SealedUdpNetwork implements VatNetwork {
     );
     if (peer.bootBytes !== undefined) connection.peerBoot = bootKey(peer.boot!);
     peer.connections.set(number, connection);
+    this.#connectionPeers.set(connection, peer);
     this.#armTimer(performance.now() + this.#tickMs());
     return connection;
   }
@@ -682,12 +690,11 @@ export class SealedUdpNetwork implements VatNetwork {
     this.#sealDescriptors[i * 4 + 1] = HEADER_BYTES;
     this.#sealDescriptors[i * 4 + 2] = framesBytes;
     this.#sealDescriptors[i * 4 + 3] = this.#batchKeys - 1;
-    this.#nonces.set(
-      this.#sendBuffer.subarray(
-        offset + OFFSET_STAMP,
-        offset + OFFSET_STAMP + NONCE_BYTES,
-      ),
+    copyNonce(
+      this.#nonces,
       i * NONCE_BYTES,
+      this.#sendBuffer,
+      offset + OFFSET_STAMP,
     );
     const address = peer.address!;
     this.#sendDescriptors[i * 4] = offset;
@@ -736,17 +743,16 @@ export class SealedUdpNetwork implements VatNetwork {
     this.#count("datagramsReceived", count);
 
     // Pass 1: cheap checks, then gather the rest for one batched open.
-    const descriptors = new Uint32Array(count * 4);
-    const nonces = new Uint8Array(count * NONCE_BYTES);
-    const keys = new Uint8Array(count * 32);
-    const peers: (Peer | undefined)[] = new Array(count);
-    const packetNumbers = new Array<number>(count);
-    const boots: Boot[] = new Array(count);
-    const candidates: number[] = [];
+    const scratch = this.#openScratch(count);
+    const { descriptors, nonces, keys, peers, packetNumbers, boots } = scratch;
+    const candidates = scratch.candidates;
+    candidates.length = 0;
     let keyCount = 0;
     let lastKeyPeer: Peer | undefined;
-    let lastPeer: Peer | undefined;
-    const provisional = new Map<string, Peer>();
+    // Most datagrams come from the peer of the one before, even across
+    // batches; only a peer already known is remembered between batches.
+    let lastPeer: Peer | undefined = this.#lastPeer;
+    let provisional: Map<string, Peer> | undefined;
     for (let i = 0; i < count; i++) {
       const length = meta[i * UDP_RECV_WORDS];
       const truncated = meta[i * UDP_RECV_WORDS + 3];
@@ -784,7 +790,7 @@ export class SealedUdpNetwork implements VatNetwork {
         ? lastPeer
         : undefined;
       const hex = peer === undefined ? vatIdHex(senderId) : peer.hex;
-      peer ??= this.#peers.get(hex) ?? provisional.get(hex);
+      peer ??= this.#peers.get(hex) ?? provisional?.get(hex);
       if (peer === undefined) {
         if (compareVatIds(senderId, this.vatId) === 0) {
           this.#count("droppedBadSender");
@@ -796,6 +802,7 @@ export class SealedUdpNetwork implements VatNetwork {
           this.#count("droppedBadSender");
           continue;
         }
+        provisional ??= new Map();
         provisional.set(hex, peer);
       }
       const boot: Boot = {
@@ -825,26 +832,25 @@ export class SealedUdpNetwork implements VatNetwork {
       descriptors[n * 4 + 1] = HEADER_BYTES;
       descriptors[n * 4 + 2] = length - HEADER_BYTES - TAG_BYTES;
       descriptors[n * 4 + 3] = keyCount - 1;
-      nonces.set(
-        buffer.subarray(
-          offset + OFFSET_STAMP,
-          offset + OFFSET_STAMP + NONCE_BYTES,
-        ),
-        n * NONCE_BYTES,
-      );
+      copyNonce(nonces, n * NONCE_BYTES, buffer, offset + OFFSET_STAMP);
       peers[n] = peer;
       packetNumbers[n] = packetNumber;
       boots[n] = boot;
       candidates.push(i);
     }
+    if (lastPeer !== undefined && this.#peers.get(lastPeer.hex) === lastPeer) {
+      this.#lastPeer = lastPeer;
+    }
     if (candidates.length === 0) return;
 
-    const status = new Uint8Array(candidates.length);
+    const status = scratch.status;
     openBatch({
       buffer,
       descriptors,
       nonces,
-      keys: keys.subarray(0, keyCount * 32),
+      keys: keyCount === scratch.keys.length / 32
+        ? keys
+        : keys.subarray(0, keyCount * 32),
       count: candidates.length,
       status,
     });
@@ -919,6 +925,27 @@ export class SealedUdpNetwork implements VatNetwork {
       }
       for (const frame of frames) this.#onFrame(peer, frame, now);
     }
+  }
+
+  /** Reusable arrays for opening a batch of `count` packets (batches are
+   * handled one at a time, synchronously). */
+  #openScratch(count: number): OpenScratch {
+    let scratch = this.#scratch;
+    if (scratch === undefined || scratch.status.length < count) {
+      const size = Math.max(count, UDP_RECV_MAX);
+      scratch = {
+        descriptors: new Uint32Array(size * 4),
+        nonces: new Uint8Array(size * NONCE_BYTES),
+        keys: new Uint8Array(size * 32),
+        status: new Uint8Array(size),
+        peers: new Array(size),
+        packetNumbers: new Array(size).fill(0),
+        boots: new Array(size),
+        candidates: [],
+      };
+      this.#scratch = scratch;
+    }
+    return scratch;
   }
 
   /** Applies the sender's boot; false when the packet is from a boot older
@@ -1122,6 +1149,29 @@ export class SealedUdpNetwork implements VatNetwork {
     this.#flush();
     this.#armTimer(next);
   }
+}
+
+/** Arrays {@link SealedUdpNetwork} reuses to open received batches. */
+interface OpenScratch {
+  descriptors: Uint32Array;
+  nonces: Uint8Array;
+  keys: Uint8Array;
+  status: Uint8Array;
+  peers: (Peer | undefined)[];
+  packetNumbers: number[];
+  boots: Boot[];
+  candidates: number[];
+}
+
+/** Copies a nonce byte by byte: cheaper than a view and a set() for 24
+ * bytes. */
+function copyNonce(
+  to: Uint8Array,
+  toOffset: number,
+  from: Uint8Array,
+  fromOffset: number,
+): void {
+  for (let i = 0; i < NONCE_BYTES; i++) to[toOffset + i] = from[fromOffset + i];
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
