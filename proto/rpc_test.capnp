@@ -46,3 +46,24 @@ interface TestHost {
 
   settle @12 () -> ();
 }
+
+struct TestTree {
+  # Nested values of every kind, for tests that forward data through a
+  # middle vat and check it arrives unchanged.
+  number @0 :UInt64;
+  flag @1 :Bool;
+  text @2 :Text;
+  data @3 :Data;
+  texts @4 :List(Text);
+  numbers @5 :List(Int16);
+  flags @6 :List(Bool);
+  children @7 :List(TestTree);
+  child @8 :TestTree;
+  ratio @9 :Float32;
+}
+
+interface TreeHost {
+  swap @0 (tree :TestTree) -> (tree :TestTree);
+  # Takes one tree and answers another: the tests compare both with what
+  # they sent and what they asked the host to answer.
+}

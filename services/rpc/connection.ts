@@ -36,6 +36,7 @@ import {
 import type { MessageConnection } from "./transport.ts";
 import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
 import { frameLength } from "./framing.ts";
+import { copyPointer } from "./_copy.ts";
 import {
   newMessage,
   readMessage,
@@ -312,7 +313,11 @@ export class RpcConnection {
     const payload = body._initParams();
     try {
       if ($.isDataCall(call)) {
-        $.utils.copyFrom(call.params, payload.content);
+        copyPointer(
+          call.params,
+          payload.content,
+          this.limits.maxMessageBytes / 8,
+        );
       } else {
         $.placeParams(call, payload.content);
       }
@@ -1035,7 +1040,11 @@ export class RpcConnection {
         try {
           const payload = ret._initResults();
           entry.resultCaps = settled.segment.message._capnp.capTable ?? [];
-          $.utils.copyFrom(settled, payload.content);
+          copyPointer(
+            settled,
+            payload.content,
+            this.limits.maxMessageBytes / 8,
+          );
           entry.resultExports = this.#writeCapTable(payload, message);
           this.#send(message);
         } catch (failure) {

@@ -31,6 +31,7 @@ import {
 import { AnyStruct, type Cap, toCap } from "./capability.ts";
 import { RpcError } from "./errors.ts";
 import { type RpcMetrics, rpcMetrics } from "./metrics.ts";
+import { copyPointer } from "./_copy.ts";
 import { serve } from "./mod.ts";
 
 export { TrustZone };
@@ -383,7 +384,7 @@ export function persistentServer(
     async save(_params, results) {
       const bytes = refs.save(target(), zone);
       const ref = new $.Message(bytes, false).getRoot(SturdyRef);
-      $.utils.copyFrom(ref, results.sturdyRef);
+      copyPointer(ref, results.sturdyRef);
     },
   });
 }
