@@ -137,7 +137,7 @@ export {
   type StreamOptions,
   type TcpAddress,
 } from "./stream.ts";
-export { openFd } from "./fd_stream.ts";
+export { LIBC_CANDIDATES, libcPath, openFd } from "./fd_stream.ts";
 export {
   type MessageConnection,
   TransportClosedError,
