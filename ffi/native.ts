@@ -218,8 +218,11 @@ export function sealBatch(batch: PacketBatch): number {
 
 /**
  * Opens every packet of the batch in place. A packet whose tag does not
- * verify gets PacketStatus.BadTag and its message bytes are left as they
- * were (libsodium writes no plaintext for a bad tag).
+ * verify gets PacketStatus.BadTag and its message bytes are zeroed:
+ * libsodium (1.0.18 and later) wipes its output when the tag fails, and
+ * here the output is the message itself, so neither plaintext nor the
+ * ciphertext remains (copy the packet first to keep it). The other
+ * packets of the batch open as usual.
  */
 export function openBatch(batch: PacketBatch): number {
   checkBatch(batch);
@@ -316,7 +319,8 @@ export function seal(
 }
 
 /** Opens ciphertext || tag made by {@link seal}; throws SealError if it
- * does not verify. */
+ * does not verify, returning no bytes of it. `sealed` is never changed:
+ * it is opened in a copy (which libsodium zeroes on failure). */
 export function open(
   key: Uint8Array,
   nonce: Uint8Array,

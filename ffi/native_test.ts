@@ -35,10 +35,12 @@ Deno.test("open rejects a flipped bit, wrong key, wrong ad and truncation", () =
   const sealed = seal(key, nonce, random(100), new Uint8Array([1, 2]));
   const flipped = sealed.slice();
   flipped[5] ^= 1;
+  const before = flipped.slice();
   assert.throws(
     () => open(key, nonce, flipped, new Uint8Array([1, 2])),
     SealError,
   );
+  assert.deepEqual(flipped, before, "open leaves its input as it was");
   assert.throws(
     () => open(random(32), nonce, sealed, new Uint8Array([1, 2])),
     SealError,
@@ -126,6 +128,19 @@ Deno.test("a batch seals many packets with several keys, each status reported", 
   assert.equal(opened, 1);
   assert.deepEqual([...status.subarray(0, 3)], [0, PacketStatus.BadTag, 0]);
   assert.deepEqual(buffer.subarray(0, 1208), plain.subarray(0, 1208));
+  // The failed packet's message is wiped, not left as ciphertext and never
+  // turned into plaintext; its tag stays; the packet after it opened.
+  const failedStart = descriptors[4];
+  const failedMessage = buffer.subarray(failedStart, failedStart + 17);
+  assert.notDeepEqual(
+    failedMessage,
+    plain.subarray(failedStart, failedStart + 17),
+  );
+  assert.deepEqual(failedMessage, new Uint8Array(17));
+  assert.deepEqual(
+    buffer.subarray(descriptors[8], descriptors[8] + 4),
+    plain.subarray(descriptors[8], descriptors[8] + 4),
+  );
 });
 
 Deno.test("batch arrays too short for the count are refused before C sees them", () => {
