@@ -62,6 +62,7 @@ export interface ConnectionHost {
 /** Multiplicative decrease on loss (CUBIC's beta: gentler than halving,
  * which matters on links with random, non-congestive loss). */
 const DECREASE = 0.7;
+const EMPTY = new Uint8Array(0);
 const MIN_WINDOW_BYTES = 2 * (MAX_FRAGMENT_BYTES + DATA_FRAME_HEADER_BYTES);
 
 type State = "open" | "closing" | "peer-closed" | "failed" | "done";
@@ -111,7 +112,8 @@ export class SealedConnection implements MessageConnection {
   readonly #outOfOrder = new Map<number, { flags: number; data: Uint8Array }>();
   /** Flat start, end pairs of fragments held above receivedUpTo. */
   #ranges: number[] = [];
-  #chunks: Uint8Array[] = [];
+  /** The message being received, copied in as its fragments arrive. */
+  #assembly: Uint8Array = EMPTY;
   #messageBytes = 0;
   ackWanted = false;
   /** DATA frames received since the last ACK went out. */
@@ -506,7 +508,8 @@ export class SealedConnection implements MessageConnection {
       return;
     }
     if (fragment !== this.receivedUpTo) {
-      this.#outOfOrder.set(fragment, { flags, data });
+      // `data` views a receive buffer that is about to be reused.
+      this.#outOfOrder.set(fragment, { flags, data: data.slice() });
       this.#addRange(fragment);
       return;
     }
@@ -573,20 +576,33 @@ export class SealedConnection implements MessageConnection {
       );
       return;
     }
-    this.#chunks.push(data);
-    if ((flags & FLAG_END) === 0) return;
+    // `data` may view a receive buffer that is about to be reused: copy
+    // it now, straight into the message being assembled.
+    const at = this.#messageBytes - data.length;
     let message: Uint8Array;
-    if (this.#chunks.length === 1) {
-      message = this.#chunks[0];
+    if (at === 0 && (flags & FLAG_END) !== 0) {
+      message = data.slice();
     } else {
-      message = new Uint8Array(this.#messageBytes);
-      let at = 0;
-      for (const chunk of this.#chunks) {
-        message.set(chunk, at);
-        at += chunk.length;
+      if (this.#assembly.length < this.#messageBytes) {
+        // Doubling keeps the copies of a long message to about two.
+        const grown = new Uint8Array(
+          Math.min(
+            Math.max(this.#messageBytes, this.#assembly.length * 2, 65536),
+            this.#options.maxMessageBytes,
+          ),
+        );
+        grown.set(this.#assembly.subarray(0, at));
+        this.#assembly = grown;
       }
+      this.#assembly.set(data, at);
+      if ((flags & FLAG_END) === 0) return;
+      const assembled = this.#assembly;
+      this.#assembly = EMPTY;
+      // Hand over the buffer itself when the message fills most of it.
+      message = this.#messageBytes * 4 >= assembled.length * 3
+        ? assembled.subarray(0, this.#messageBytes)
+        : assembled.slice(0, this.#messageBytes);
     }
-    this.#chunks = [];
     this.#messageBytes = 0;
     this.#host.count("messagesReceived");
     const waiter = this.#waiters.shift();

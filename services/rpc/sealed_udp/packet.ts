@@ -105,7 +105,8 @@ export interface PacketHeader {
   sentTenths: number;
 }
 
-/** A parsed frame; `data` is a copy that outlives the datagram buffer. */
+/** A parsed frame. A parsed DATA frame's `data` is a view into the
+ * datagram: whoever keeps it beyond the buffer's life copies it. */
 export type Frame =
   | {
     type: typeof FRAME_DATA;
@@ -267,7 +268,9 @@ export function parseFrames(bytes: Uint8Array): Frame[] {
           conn,
           fragment,
           flags,
-          data: bytes.slice(at, at + length),
+          // A view, not a copy: receive buffers are reused, and the
+          // connection copies what it keeps straight into the message.
+          data: bytes.subarray(at, at + length),
         });
         at += length;
         break;
