@@ -37,6 +37,25 @@ const GiB = 2 ** 30;
 const AGENT_PORT = 7000;
 const MASTER_PORT = 7001;
 
+/** The name users reach the cluster by, with the gateways' port. A
+ * client inside the cluster's network sends it as the Host header to any
+ * gateway's address. */
+export const PUBLIC_HOST = "cluster.test:7104";
+
+/** The web roles' settings for the cluster description: grains are
+ * `<label>.<publicHost>`, over plain HTTP on the gateways' port. */
+export function webSettings(publicHost: string) {
+  const origin = `http://${publicHost}`;
+  return {
+    gateway: {
+      mainHost: publicHost,
+      grainHostSuffix: publicHost,
+      shellOrigin: origin,
+    },
+    shell: { baseUrl: origin, grainHostSuffix: publicHost },
+  };
+}
+
 /** What `cluster start` writes for the other commands. */
 export interface ClusterState {
   dir: string;
@@ -301,6 +320,8 @@ export async function startSimulatedCluster(options: {
             name: `m${index}`,
             agentAddress: `${state.addresses[index - 1]}:${AGENT_PORT}`,
           })),
+          // The master adds the shared secrets when it first reads this.
+          roleSettings: webSettings(PUBLIC_HOST),
         },
         null,
         2,

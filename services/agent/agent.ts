@@ -100,9 +100,9 @@ export interface RoleDefinition {
   env?: Record<string, string>;
   /** The UDP port the role's vat listens on, reported to the master. */
   port?: number;
-  /** A role that needs a peer to start (a worker needs a coordinator)
-   * waits until the directory names one. */
-  waitFor?: RoleName;
+  /** A role that needs peers to start (a worker needs a coordinator)
+   * waits until the directory names one of each. */
+  waitFor?: RoleName | RoleName[];
 }
 
 /** Every role this agent can run, by name. */
@@ -150,6 +150,39 @@ export class AgentRequestError extends Error {
     super(message);
     this.name = "AgentRequestError";
   }
+}
+
+/**
+ * Turns `path=value` settings into the nested object of a role's
+ * configuration file, reading values as `--set` does (JSON when they
+ * parse, strings otherwise). Paths were validated by {@link Assignment}.
+ */
+export function settingsObject(
+  settings: Record<string, string>,
+): Record<string, unknown> {
+  const root: Record<string, unknown> = {};
+  for (const [path, text] of Object.entries(settings)) {
+    const parts = path.split(".");
+    let node = root;
+    for (const part of parts.slice(0, -1)) {
+      const next = node[part];
+      if (typeof next !== "object" || next === null || Array.isArray(next)) {
+        node[part] = {};
+      }
+      node = node[part] as Record<string, unknown>;
+    }
+    let value: unknown = text;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      // A plain string.
+    }
+    // A long run of digits (a hex secret, by chance) stays text rather than
+    // becoming a number that loses digits.
+    if (typeof value === "number" && String(value) !== text) value = text;
+    node[parts[parts.length - 1]] = value;
+  }
+  return root;
 }
 
 /** Writes a file so that a crash leaves either the old or the new one. */
@@ -400,12 +433,11 @@ export class Agent {
         specs.push(cached.spec);
         continue;
       }
-      const waitFor = definition.waitFor;
-      if (
-        waitFor !== undefined &&
-        !(this.#directory?.vats ?? []).some((v) => v.role === waitFor)
-      ) {
-        this.#options.log.info("role-waiting", { role, for: waitFor });
+      const missing = [definition.waitFor ?? []].flat().filter((peer) =>
+        !(this.#directory?.vats ?? []).some((v) => v.role === peer)
+      );
+      if (missing.length > 0) {
+        this.#options.log.info("role-waiting", { role, for: missing });
         continue;
       }
       const spec = await this.#processSpec(role, definition, settings);
@@ -445,10 +477,11 @@ export class Agent {
       address: this.#options.address,
       settings,
     };
-    const overrides = [
-      ...definition.overrides(context),
-      ...Object.entries(settings).map(([path, value]) => `${path}=${value}`),
-    ];
+    // The master's settings may hold the cluster's secrets (tokens, disk
+    // secrets): they go to a file only root reads, never on the command
+    // line, where every user of the machine could read them.
+    const configFile = `${roleDir}/settings.json`;
+    await writeDurably(configFile, JSON.stringify(settingsObject(settings)));
     return {
       name: role,
       pidFile: `${roleDir}/pid`,
@@ -456,7 +489,8 @@ export class Agent {
         deno: this.#options.deno ?? Deno.execPath(),
         entry: definition.entry,
         permissions: definition.permissions(context),
-        overrides,
+        configFile,
+        overrides: definition.overrides(context),
       }),
       env: definition.env,
     };

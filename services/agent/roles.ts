@@ -23,6 +23,31 @@ export const ROLE_PORTS: Record<RoleName, number> = {
   shell: 7105,
 };
 
+/** The gateway's control port, where shells register over RPC. */
+export const GATEWAY_CONTROL_PORT = 7106;
+
+/** The first vat of `role` in the directory, as hostname and port. */
+function firstVat(
+  context: RoleContext,
+  role: RoleName,
+): { hostname: string; port: number } | undefined {
+  const vat = (context.directory?.vats ?? []).find((v) => v.role === role);
+  if (vat === undefined) return undefined;
+  const at = vat.address.lastIndexOf(":");
+  return {
+    hostname: vat.address.slice(0, at).replace(/^\[|\]$/g, ""),
+    port: Number(vat.address.slice(at + 1)),
+  };
+}
+
+/** Vat IDs (hex) of the directory's vats of the given roles. */
+function vatIds(context: RoleContext, roles: RoleName[]): string {
+  return JSON.stringify(
+    (context.directory?.vats ?? []).filter((v) => roles.includes(v.role))
+      .map((v) => v.vatId),
+  );
+}
+
 /** Where the code and the cluster's shared things are. */
 export interface CatalogueOptions {
   /** The checkout or image folder holding services/ and ffi/. */
@@ -78,14 +103,46 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `directoryFile=${c.directoryFile}`,
       ],
     },
+    // A local disk in the role's folder; the disk and zone secrets come
+    // from the master's settings. Its zone is the directory's storage
+    // nodes, and those who may present or open its refs, when it starts.
     storage: {
       entry: entry("storage"),
       port: ROLE_PORTS.storage,
+      // The AWS SDK (loaded even for a local disk) reads these variables
+      // and the OS release when it loads, as services/storage/main.ts says.
+      // Its UDP receive loop is a Web Worker, whose modules are loaded
+      // with read permission: the code folders, not the whole checkout
+      // (which may hold other machines' state).
       permissions: (c) => ({
         ...base(options, c, ROLE_PORTS.storage),
+        read: [
+          ...base(options, c, ROLE_PORTS.storage).read!,
+          ...["services", "ffi", "proto", "node_modules", "deno.json"].map(
+            (path) => `${options.codeRoot}/${path}`,
+          ),
+        ],
         ffi: [ffi],
+        env: [
+          "AWS_*",
+          "_X_AMZN_TRACE_ID",
+          "HOME",
+          "USERPROFILE",
+          "HOMEPATH",
+          "HOMEDRIVE",
+        ],
+        sys: ["osRelease"],
       }),
-      overrides: () => [],
+      overrides: (c) => [
+        `listen.hostname=${c.address}`,
+        `listen.port=${ROLE_PORTS.storage}`,
+        `vatKeyFile=${c.vatKeyFile}`,
+        "disk.kind=local",
+        `disk.path=${c.roleDir}/disk`,
+        `zone.storageNodes=${vatIds(c, ["storage"])}`,
+        `zone.presenters=${vatIds(c, ["worker", "coordinator", "shell"])}`,
+        `zone.rootOpeners=${vatIds(c, ["coordinator", "shell"])}`,
+      ],
     },
     worker: {
       entry: entry("worker"),
@@ -130,20 +187,77 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `directoryFile=${c.directoryFile}`,
       ],
     },
+    // Plain HTTP on the role's port (no nginx: TLS would end in front of
+    // the cluster); shells register on the control port. Host names and
+    // the token come from the master's settings.
     gateway: {
       entry: entry("gateway"),
       port: ROLE_PORTS.gateway,
-      permissions: (c) => ({
-        ...base(options, c, ROLE_PORTS.gateway),
-        run: ["nginx", "openssl"],
-      }),
-      overrides: () => [],
+      permissions: (c) => {
+        const p = base(options, c, ROLE_PORTS.gateway);
+        const own = c.address.includes(":") ? `[${c.address}]` : c.address;
+        return {
+          ...p,
+          net: [...p.net!, `${own}:${GATEWAY_CONTROL_PORT}`],
+          run: ["nginx", "openssl"],
+          sys: ["uid", "hostname"],
+        };
+      },
+      overrides: (c) => [
+        `listen.hostname=${c.address}`,
+        `listen.port=${ROLE_PORTS.gateway}`,
+        `control.hostname=${c.address}`,
+        `control.port=${GATEWAY_CONTROL_PORT}`,
+        "nginx.enabled=false",
+        `nginx.dir=${c.roleDir}/nginx`,
+      ],
     },
+    // SQLite in the role's folder; grains run on the directory's first
+    // worker when the shell starts, and it registers with the first
+    // gateway. The token and public URL come from the master's settings.
     shell: {
       entry: entry("shell"),
       port: ROLE_PORTS.shell,
-      permissions: (c) => base(options, c, ROLE_PORTS.shell),
-      overrides: () => [],
+      waitFor: ["gateway", "worker"],
+      permissions: (c) => ({
+        ...base(options, c, ROLE_PORTS.shell),
+        run: ["xz"],
+        // The MongoDB driver's own settings and the variables its handshake
+        // reads (as services/shell/role.ts lists); no credentials.
+        env: [
+          "MONGODB_*",
+          "OIDC_TOKEN_FILE",
+          "AWS_EXECUTION_ENV",
+          "AWS_LAMBDA_RUNTIME_API",
+          "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+          "AWS_REGION",
+          "FUNCTIONS_WORKER_RUNTIME",
+          "K_SERVICE",
+          "FUNCTION_NAME",
+          "FUNCTION_MEMORY_MB",
+          "FUNCTION_REGION",
+          "FUNCTION_TIMEOUT_SEC",
+          "VERCEL",
+          "VERCEL_REGION",
+        ],
+        sys: ["hostname"],
+      }),
+      overrides: (c) => {
+        const worker = firstVat(c, "worker");
+        const gateway = firstVat(c, "gateway");
+        return [
+          `listen.hostname=${c.address}`,
+          `listen.port=${ROLE_PORTS.shell}`,
+          "database.kind=sqlite",
+          `database.path=${c.roleDir}/shell.sqlite`,
+          `packageDir=${c.roleDir}/packages`,
+          "runner.kind=worker",
+          `runner.hostname=${worker?.hostname}`,
+          `runner.port=${worker?.port}`,
+          `gateway.control.hostname=${gateway?.hostname}`,
+          `gateway.control.port=${GATEWAY_CONTROL_PORT}`,
+        ];
+      },
     },
   };
 }

@@ -15,6 +15,10 @@
  * }
  * ```
  *
+ * The master adds the cluster's shared secrets (services/master/secrets.ts)
+ * the first time it reads a description without them, and rewrites the
+ * file readable by root only.
+ *
  * @module
  */
 import { z } from "zod";
@@ -23,6 +27,7 @@ import { RpcAgentLink } from "./agent_client.ts";
 import { DEFAULT_NEEDS } from "./assign.ts";
 import { Master } from "./master.ts";
 import { masterCapability, RpcDrainLink } from "./rpc_service.ts";
+import { ClusterSecrets, generateSecrets, withSecrets } from "./secrets.ts";
 import * as rpc from "../rpc/mod.ts";
 
 const roleName = z.enum([
@@ -47,6 +52,8 @@ export const ClusterDescription = z.strictObject({
   }).default(DEFAULT_NEEDS),
   roleSettings: z.partialRecord(roleName, z.record(z.string(), z.string()))
     .default({}),
+  /** Made by the master when missing (see secrets.ts). */
+  secrets: ClusterSecrets.optional(),
 });
 /** See {@link ClusterDescription}. */
 export type ClusterDescription = z.infer<typeof ClusterDescription>;
@@ -81,6 +88,8 @@ if (import.meta.main) {
     config: masterConfig,
     async start(config, log) {
       const description = await readDescription(config.description);
+      const secrets = description.secrets ?? generateSecrets();
+      description.secrets = secrets;
       const link = new RpcAgentLink();
       let master: Master | undefined = undefined;
       const coordinatorAddresses = () =>
@@ -93,7 +102,7 @@ if (import.meta.main) {
         log,
         drain: new RpcDrainLink(coordinatorAddresses, log),
         needs: description.needs,
-        roleSettings: description.roleSettings,
+        roleSettings: withSecrets(description.roleSettings, secrets),
         deadAfterMs: config.deadAfterMs,
       });
       for (const machine of description.machines) master.addMachine(machine);
@@ -107,9 +116,13 @@ if (import.meta.main) {
           })),
         };
         const temporary = `${config.description}.tmp`;
-        await Deno.writeTextFile(temporary, JSON.stringify(next, null, 2));
+        await Deno.writeTextFile(temporary, JSON.stringify(next, null, 2), {
+          mode: 0o600,
+        });
+        await Deno.chmod(temporary, 0o600);
         await Deno.rename(temporary, config.description);
       };
+      await save();
       const cap = masterCapability(master, save);
       const listener = rpc.listenTcp(config.listen);
       log.info("listening", { ...config.listen, port: listener.port });

@@ -197,6 +197,12 @@ Deno.test("after a reboot without a master, runs its last assignment", async () 
       },
     );
     assert.equal(restarted.color, "blue");
+    // Settings may hold secrets: they reach the role in a file only root
+    // reads, not on its command line.
+    const cmdline = await Deno.readTextFile(`/proc/${restarted.pid}/cmdline`);
+    assert.doesNotMatch(cmdline, /blue/);
+    const settings = `${stateDir}/roles/worker/settings.json`;
+    assert.equal((await Deno.stat(settings)).mode! & 0o777, 0o600);
     assert.equal(after.report().assignmentVersion, 4);
     assert.equal(after.report().vatId, vatId, "same machine, same vat key");
     assert.equal(after.report().roles[0].vatId, roleVatId);
