@@ -41,15 +41,18 @@ export interface GrainCacheOptions {
   readAheadBlocks: number;
   /** Longest single store read or write, in blocks. */
   maxRunBlocks: number;
+  /** Write-back store calls in flight at once. */
+  writebackConcurrency: number;
 }
 
 /** Defaults: a one-second window, 64 MiB of dirty data at most, 128 KiB
- * read-ahead, 1 MiB store calls. */
+ * read-ahead, 1 MiB store calls, four write-back calls in flight. */
 export const DEFAULT_CACHE_OPTIONS: GrainCacheOptions = {
   maxUnflushedMs: 1_000,
   maxDirtyBlocks: 16_384,
   readAheadBlocks: 32,
   maxRunBlocks: 256,
+  writebackConcurrency: 4,
 };
 
 /** Counters a test or a benchmark can read. */
@@ -472,11 +475,17 @@ export class GrainCache implements BlockDevice {
     }
   }
 
+  /** Copies every dirty block to the store, a few runs in flight at once
+   * (a remote store's latency would otherwise bound the rate). Rejects
+   * with the first failure, after the other runs settled; failed runs are
+   * dirty again. */
   async #writeBackRound(): Promise<void> {
     const maxRun = this.#options.maxRunBlocks;
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown = null;
     let turnStartedMs = performance.now();
     let index = this.#dirty.nextSet(0);
-    while (index < this.sizeBlocks) {
+    while (index < this.sizeBlocks && failure === null) {
       const zeroed = this.#zeroed.get(index);
       let end = index + 1;
       while (
@@ -488,16 +497,21 @@ export class GrainCache implements BlockDevice {
       this.#dirty.clearRange(index, end);
       const data = zeroed ? null : new Uint8Array((end - index) * BLOCK_BYTES);
       if (data !== null) this.#data.readAt(data, index * BLOCK_BYTES);
-      try {
-        await this.#storeRun(index, end, data);
-      } catch (error) {
-        for (let i = index; i < end; i++) {
-          if (!this.#dirty.get(i)) {
-            this.#dirty.set(i);
-            if (zeroed) this.#zeroed.set(i);
+      const [runFirst, runEnd] = [index, end];
+      const call: Promise<void> = this.#storeRun(runFirst, runEnd, data)
+        .catch((error) => {
+          for (let i = runFirst; i < runEnd; i++) {
+            if (!this.#dirty.get(i)) {
+              this.#dirty.set(i);
+              if (zeroed) this.#zeroed.set(i);
+            }
           }
-        }
-        throw error;
+          failure ??= error;
+        })
+        .finally(() => inFlight.delete(call));
+      inFlight.add(call);
+      if (inFlight.size >= this.#options.writebackConcurrency) {
+        await Promise.race(inFlight);
       }
       index = this.#dirty.nextSet(end);
       // Store calls may finish at once (a local store): give waiting client
@@ -507,6 +521,8 @@ export class GrainCache implements BlockDevice {
         turnStartedMs = performance.now();
       }
     }
+    await Promise.all(inFlight);
+    if (failure !== null) throw failure;
   }
 
   /** Writes one run to the store; all-zero blocks inside a data run are

@@ -235,6 +235,47 @@ Deno.test("a write landing during a fetch of the same block wins", async () => {
   });
 });
 
+Deno.test("a failed write-back fails the flush and keeps the blocks dirty", async () => {
+  await withStore(1024, async (store, root) => {
+    const lease = await store.acquireLease("w", 0);
+    let failures = 1;
+    const flaky: BlockStore = {
+      sizeBlocks: store.sizeBlocks,
+      readBlocks: (first, count) => store.readBlocks(first, count),
+      writeBlocks: (first, data) => {
+        if (first >= 512 && failures-- > 0) {
+          return Promise.reject(new Error("store unreachable"));
+        }
+        return store.writeBlocks(first, data);
+      },
+      zeroBlocks: (first, count) => store.zeroBlocks(first, count),
+      sync: () => store.sync(),
+      acquireLease: (holder, waitMs) => store.acquireLease(holder, waitMs),
+      readAccessLog: () => store.readAccessLog(),
+      writeAccessLog: (data) => store.writeAccessLog(data),
+      allocatedBlocks: () => store.allocatedBlocks(),
+      close: () => Promise.resolve(),
+    };
+    const cache = await openCache(flaky, root, lease.epoch, {
+      maxRunBlocks: 16,
+    });
+    try {
+      // Many runs, so that several are in flight when one fails.
+      await cache.write(0, filled(1024 * 4096, 0x3c), false);
+      await assert.rejects(cache.flush(), /store unreachable/);
+      assert.ok(cache.stats().dirtyBlocks >= 16);
+      await cache.flush();
+      assert.equal(cache.stats().dirtyBlocks, 0);
+      assert.deepEqual(
+        await store.readBlocks(0, 1024),
+        filled(1024 * 4096, 0x3c),
+      );
+    } finally {
+      await cache.close();
+    }
+  });
+});
+
 Deno.test("the lease: a second holder waits for expiry, then fences the first", async () => {
   const root = await Deno.makeTempDir({ prefix: "blockd-lease-test-" });
   try {

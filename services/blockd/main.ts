@@ -40,11 +40,13 @@ export const BlockdConfig = z.strictObject({
     maxDirtyBlocks: z.number().int().positive().default(16_384),
     readAheadBlocks: z.number().int().nonnegative().default(32),
     maxRunBlocks: z.number().int().positive().max(4096).default(256),
+    writebackConcurrency: z.number().int().positive().max(64).default(4),
   }).default({
     maxUnflushedMs: 1_000,
     maxDirtyBlocks: 16_384,
     readAheadBlocks: 32,
     maxRunBlocks: 256,
+    writebackConcurrency: 4,
   }),
   accessLog: z.strictObject({
     recordMs: z.number().int().positive().default(10_000),
