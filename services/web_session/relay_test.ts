@@ -280,3 +280,48 @@ Deno.test("WebSocket frames cross the session in both directions", async () => {
     }
   });
 });
+
+Deno.test("a page load's Accept list and cookies cross a middle vat, as gateway to worker to app", async () => {
+  // The worker hands the gateway the app's UiView, so every WebSession
+  // call is forwarded through the worker's vat.
+  const seen: SeenSession[] = [];
+  const app = testApp(seen);
+  const [a, b] = rpc.memoryPipe();
+  const appSide = new rpc.RpcConnection(a, { bootstrap: app });
+  const workerToApp = new rpc.RpcConnection(b);
+  const appView = rpc.bootstrap(workerToApp, UiView);
+  const [c, d] = rpc.memoryPipe();
+  const workerSide = new rpc.RpcConnection(c, {
+    bootstrap: rpc.capOf(appView).addRef(),
+  });
+  const gatewaySide = new rpc.RpcConnection(d);
+  const view = rpc.bootstrap(gatewaySide, UiView);
+  const session = await openWebSession(view, { displayName: "Ann" });
+  try {
+    const response = await relayRequest(
+      session,
+      new Request("http://g/echo", {
+        headers: {
+          accept: "text/html,application/xhtml+xml,application/xml;q=0.9," +
+            "image/avif,image/webp,image/apng,*/*;q=0.8," +
+            "application/signed-exchange;v=b3;q=0.7",
+          cookie: `theme=dark; session=${"s".repeat(64)}`,
+        },
+      }),
+    );
+    assert.equal(response.status, 200);
+    assert.equal(
+      await response.text(),
+      `echo cookies=theme=dark;session=${"s".repeat(64)} head=false`,
+    );
+  } finally {
+    rpc.release(session);
+    rpc.release(view);
+    rpc.release(appView);
+    gatewaySide.close();
+    workerSide.close();
+    workerToApp.close();
+    appSide.close();
+    app.close();
+  }
+});

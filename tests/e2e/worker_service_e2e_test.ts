@@ -3,15 +3,10 @@
 // shell installs and starts grains through it, and the gateway opens each
 // session's WebSession through it. The app is the worker engineer's
 // "notes" HTTP test app, used from the grain's own origin in Chromium;
-// its data survives restarting every process.
-//
-// Known problem, not in this role: a WebSession.get forwarded through the
-// worker fails with RpcError "Invalid typed array length: N" when the
-// request's Accept list is long (Chromium's default Accept for page loads
-// triggers it; fetch's "*/*" does not). The call is forwarded by the RPC
-// engine with capnp-es's copyFrom. So this test reads and writes the
-// grain with fetch from the grain's origin; worker_e2e_test.ts checks the
-// frame's own pages too, through one hop.
+// its data survives restarting every process. The grain's page is checked
+// as Chromium renders it in the frame (a page load's long Accept list and
+// cookies cross the worker, which forwards the gateway's WebSession calls
+// to the app), and its data through fetch from the grain's own origin.
 import assert from "node:assert/strict";
 import { buildTestApps } from "../apps/build.ts";
 import { fromGrain, grainFrame, launchBrowser, signIn } from "./browser.ts";
@@ -86,6 +81,7 @@ Deno.test({
       assert.equal(saved.status, 201, saved.text);
       await page.reload();
       frame = await grainFrame(page);
+      assert.equal((await frame.textContent("body"))?.trim(), "list");
       assert.equal((await fromGrain(frame, "/")).text.trim(), "list");
 
       // The admin page shows the worker and the grain's live memory.
@@ -109,6 +105,12 @@ Deno.test({
       web = await startWebSide(options);
       await page.goto(grainUrl);
       frame = await grainFrame(page);
+      assert.equal((await frame.textContent("body"))?.trim(), "list");
+      await frame.goto(new URL("/notes/list", frame.url()).href);
+      assert.equal(
+        (await frame.textContent("body"))?.trim(),
+        "call the plumber",
+      );
       assert.equal(
         (await fromGrain(frame, "/notes/list")).text,
         "call the plumber",
