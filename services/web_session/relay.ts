@@ -135,7 +135,7 @@ function responseStreamServer(): {
       return Promise.resolve();
     },
     expectSize: () => Promise.resolve(),
-  } as rpc.ServerOf<typeof ByteStream>, end);
+  }, end);
   return {
     client: new ByteStream.Client(cap),
     readable,
@@ -299,7 +299,7 @@ export async function openWebSession(
 ): Promise<WebSession$Client> {
   const context = rpc.serve(
     SessionContext,
-    {} as rpc.ServerOf<typeof SessionContext>,
+    {},
   );
   try {
     const result = await uiView.newSession((params) => {
@@ -439,7 +439,7 @@ export async function relayWebSocket(
       } catch { /* reader gone */ }
       return Promise.resolve();
     },
-  } as rpc.ServerOf<typeof WebSession_WebSocketStream>, () => {
+  }, () => {
     try {
       controller.close();
     } catch { /* already closed */ }

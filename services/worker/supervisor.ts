@@ -46,13 +46,13 @@ export class GrainSupervisor {
       stayAwake: (_params, results) => {
         this.#wakeLocks++;
         results.handle = new Handle.Client(
-          rpc.serve(Handle, {} as rpc.ServerOf<typeof Handle>, () => {
+          rpc.serve(Handle, {}, () => {
             this.#wakeLocks--;
           }),
         );
         return Promise.resolve();
       },
-    } as rpc.ServerOf<typeof SandstormApi>);
+    });
     this.connection = new rpc.RpcConnection(new rpc.StreamConnection(stream), {
       bootstrap: this.#api,
     });
