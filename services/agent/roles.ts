@@ -109,6 +109,9 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
     storage: {
       entry: entry("storage"),
       port: ROLE_PORTS.storage,
+      // Its zone is read from the directory once, when it starts: it waits
+      // until the directory names the roles that use it.
+      waitFor: ["coordinator", "worker", "shell"],
       // The AWS SDK (loaded even for a local disk) reads these variables
       // and the OS release when it loads, as services/storage/main.ts says.
       // Its UDP receive loop is a Web Worker, whose modules are loaded

@@ -6,10 +6,22 @@
 //   cluster_client.ts open-one COORDINATOR PACKAGE_ID GRAIN -> placement
 //   cluster_client.ts check COORDINATOR DIRECTORY_FILE  -> {grain: worker}
 //     (the worker whose app answered for the grain, or null)
+//   cluster_client.ts storage DIRECTORY_FILE KEY_FILE -> {usedBytes, ...}
+//     (opens a user root on the storage node as the vat of KEY_FILE)
+//   cluster_client.ts web DIRECTORY_FILE PATH -> HTTP status of the shell's
+//     PATH asked through the first gateway with the cluster's public host
 import * as rpc from "../../../services/rpc/mod.ts";
 import { Worker, type Worker$Client } from "../../../proto/gen/worker.ts";
 import { encodeGrainSpec } from "../../../services/worker/service.ts";
 import { CoordinatorClient } from "../harness.ts";
+import { StorageNode } from "../../../proto/gen/storage.ts";
+import { parseVatIdHex, VatIdentity } from "../../../services/rpc/vat_id.ts";
+import {
+  SealedUdpNetwork,
+  VatDirectory,
+} from "../../../services/rpc/sealed_udp/mod.ts";
+import { PUBLIC_HOST } from "../../../tasks/cluster.ts";
+import { gatewayRequest } from "./web_user.ts";
 
 interface Vat {
   role: string;
@@ -113,6 +125,36 @@ if (command === "install") {
   }
   client.close();
   console.log(JSON.stringify(answers));
+} else if (command === "storage") {
+  const directory = JSON.parse(await Deno.readTextFile(args[0]));
+  const node: Vat = directory.vats.find((v: Vat) => v.role === "storage");
+  const vats = new VatDirectory();
+  vats.set(parseVatIdHex(node.vatId), node.address);
+  const network = await SealedUdpNetwork.create({
+    identity: await VatIdentity.loadOrCreate(args[1]),
+    directory: vats,
+  });
+  const connection = new rpc.RpcConnection(
+    network.connect(parseVatIdHex(node.vatId)),
+  );
+  const storage = rpc.bootstrap(connection, StorageNode);
+  const root = storage.root((p) => {
+    p.name = "cluster-probe";
+  }).getRoot();
+  const usage = await root.usage().promise();
+  console.log(JSON.stringify({
+    usedBytes: Number(usage.usedBytes),
+    quotaBytes: Number(usage.quotaBytes),
+  }));
+  connection.close();
+  await network.close();
+} else if (command === "web") {
+  const directory = JSON.parse(await Deno.readTextFile(args[0]));
+  const gateway: Vat = directory.vats.find((v: Vat) => v.role === "gateway");
+  const response = await gatewayRequest(gateway.address, PUBLIC_HOST, {
+    path: args[1],
+  });
+  console.log(JSON.stringify(response.status));
 } else {
   console.error("usage: cluster_client.ts install|open|check ...");
   Deno.exit(2);
