@@ -197,7 +197,8 @@ export class Gateway {
 
   /** Forwards to shells in turn, trying the next one if one is down. */
   async #toShell(request: Request): Promise<Response> {
-    // The shells' internal API is for gateways only, never for browsers.
+    // Reserved for the platform: shells and gateways talk over RPC
+    // (proto/gateway.capnp), and no browser reaches a shell's internals.
     if (new URL(request.url).pathname.startsWith("/_blackrock/")) {
       return text("not found", 404);
     }
