@@ -1,18 +1,52 @@
 // The simulated cluster of tasks/cluster.ts: five network namespaces, each
 // running the real machine agent under scoped permissions, and the real
 // master on machine 1 reaching them over RPC. What each machine runs is
-// read from the assignment its agent saved. Roles other than the
-// coordinator are started by their agents as assigned; whether they stay up
-// depends on those roles, so only their assignment is checked here.
+// read from the assignment its agent saved. Every assigned role runs and
+// answers: storage over sealed UDP RPC, the shell through the gateway's
+// port. From the first step until m2 (the gateway and shell machine) is
+// killed, a user (testdata/web_user.ts) keeps using a grain through the
+// gateway; each phase it lives through must end with it answering again.
 import assert from "node:assert/strict";
 import { startSimulatedCluster } from "../../tasks/cluster.ts";
 import { eventually } from "./harness.ts";
 import { buildTestApps } from "../apps/build.ts";
+import { PUBLIC_HOST } from "../../tasks/cluster.ts";
+import type { ServerProcess } from "../fixtures/process.ts";
 
 const statusTool = new URL("../../tasks/cluster_status.ts", import.meta.url)
   .pathname;
 const clientScript = new URL("./testdata/cluster_client.ts", import.meta.url)
   .pathname;
+const userScript = new URL("./testdata/web_user.ts", import.meta.url)
+  .pathname;
+
+/** One request of the web user, as it recorded it. */
+interface UserRecord {
+  atMs: number;
+  ok: boolean;
+  status?: number;
+  error?: string;
+}
+
+async function userRecords(file: string): Promise<UserRecord[]> {
+  try {
+    return (await Deno.readTextFile(file)).split("\n").filter((l) => l)
+      .map((l) => JSON.parse(l));
+  } catch {
+    return [];
+  }
+}
+
+/** Lines of `cluster:status` that show a restarted or down role among
+ * `roles`. */
+function restartedRoles(status: string, roles: string[]): string[] {
+  return status.split("\n").filter((line) => /^m\d+ /.test(line))
+    .flatMap((line) =>
+      line.replace(/^.*?G\s+\S+G\s+/, "").split(", ").filter((entry) =>
+        roles.includes(entry.split(" ")[0]) && entry.includes(" ")
+      ).map((entry) => `${line.split(" ")[0]}: ${entry}`)
+    );
+}
 
 async function rolesOf(dir: string, machine: number): Promise<string[]> {
   try {
@@ -146,6 +180,79 @@ Deno.test({
           },
         );
         for (const d of directories) assert.deepEqual(d, directories[0]);
+
+        // Storage answers RPC from a vat of its zone (m1's coordinator),
+        // and the shell answers through the gateway's port.
+        const directoryFile = `${dir}/m1/directory.json`;
+        const usage = await retried(
+          "storage answers",
+          "storage",
+          directoryFile,
+          `${dir}/m1/roles/coordinator/vat.key`,
+        );
+        assert.equal(usage.usedBytes, 0);
+        assert.equal(
+          await retried("the shell answers", "web", directoryFile, "/login"),
+          200,
+        );
+      });
+
+      // The user signs in with the admin password the shell printed (into
+      // m2's agent log) and keeps using one grain until told to stop.
+      const userOut = `${dir}/web-user.jsonl`;
+      const userStop = `${dir}/web-user.stop`;
+      const password = await eventually(
+        "the shell made its admin",
+        async () =>
+          /Password: (\S+)/.exec(
+            await Deno.readTextFile(`${dir}/agent-m2.log`),
+          )?.[1],
+      );
+      const user: ServerProcess = cluster.network.spawn(1, {
+        name: "web-user",
+        command: Deno.execPath(),
+        args: [
+          "run",
+          "--allow-all",
+          userScript,
+          `${dir}/m1/directory.json`,
+          PUBLIC_HOST,
+          password,
+          (await buildTestApps()).notesSpk,
+          userOut,
+          userStop,
+        ],
+      });
+      /** Waits until the user answers again after `sinceMs`; the errors
+       * it saw from then on. */
+      const userAnswers = async (phase: string, sinceMs: number) => {
+        await eventually(
+          `the user's grain answers after ${phase}`,
+          async () => {
+            assert.ok(!user.exited, `the web user died: ${user.log}`);
+            const records = await userRecords(userOut);
+            return records.some((r) => r.ok && r.atMs > Date.now() - 2000) &&
+                records.at(-1)!.ok && records.at(-1)!.atMs > sinceMs
+              ? true
+              : undefined;
+          },
+          90_000,
+        );
+        const seen = (await userRecords(userOut)).filter((r) =>
+          r.atMs >= sinceMs
+        );
+        const errors = seen.filter((r) => !r.ok);
+        console.log(
+          `web user during ${phase}: ${seen.length} requests, ` +
+            `${errors.length} errors` +
+            (errors.length > 0 ? ` (first: ${JSON.stringify(errors[0])})` : ""),
+        );
+        return seen;
+      };
+      let phaseStart = Date.now();
+      await t.step("a user opens a grain through the gateway", async () => {
+        const seen = await userAnswers("its start", 0);
+        assert.ok(seen.filter((r) => r.ok).length > 0);
       });
 
       await t.step(
@@ -186,7 +293,25 @@ Deno.test({
             assert.equal(answers[p.grainId], p.workerId, p.grainId);
           }
 
-          const victimVat = placements[0].workerId;
+          // The shell sends its grains to the one worker the directory
+          // named when it started (it does not ask coordinators yet), so
+          // that worker's death would end the user's grain: the victim is
+          // another placement's worker.
+          const shellWorker = await eventually("the shell runs", async () => {
+            for (const pid of await pidsOf(cluster.state.namespaces[1])) {
+              const line = commandLine(pid);
+              if (line.includes("services/shell/main.ts")) {
+                return /runner\.hostname=(\S+)/.exec(line)?.[1];
+              }
+            }
+          });
+          const victimVat = placements.find((p) =>
+            !vats.find((v) =>
+              v.vatId === p.workerId
+            )!.address.startsWith(
+              `${shellWorker}:`,
+            )
+          )!.workerId;
           const victim = vats.find((v) => v.vatId === victimVat)!.machine;
           const moved = placements.filter((p) => p.workerId === victimVat);
           await cluster.killMachine(Number(victim.slice(1)));
@@ -202,6 +327,14 @@ Deno.test({
           }, 90_000);
           // The machine comes back under its saved assignment.
           await cluster.bootMachine(Number(victim.slice(1)));
+          await userAnswers("the worker kill", phaseStart);
+          phaseStart = Date.now();
+          // Storage, the gateway and the shell have been up since the
+          // start, without one restart.
+          assert.deepEqual(
+            restartedRoles(await tool(), ["storage", "gateway", "shell"]),
+            [],
+          );
         },
       );
 
@@ -230,6 +363,8 @@ Deno.test({
           );
           assert.notEqual(replacement, coordinator);
           assert.deepEqual(await rolesOf(dir, 1), ["storage", "coordinator"]);
+          await userAnswers("the master's death", phaseStart);
+          phaseStart = Date.now();
         },
       );
 
@@ -245,6 +380,12 @@ Deno.test({
             async () =>
               (await directoryOf(dir, 3))!.version > before ? true : undefined,
           );
+          // m2 runs the only gateway and shell, and the shell keeps its
+          // users in SQLite on m2: the user cannot outlive m2, so it stops
+          // here.
+          await userAnswers("the master's return", phaseStart);
+          await Deno.writeTextFile(userStop, "");
+          await user.stop();
           await cluster.killMachine(2);
           const holders = await eventually(
             "two coordinators run again",

@@ -155,6 +155,8 @@ if (command === "install") {
     path: args[1],
   });
   console.log(JSON.stringify(response.status));
+  // Anything but 200 fails, so that callers retry until the shell is up.
+  if (response.status !== 200) Deno.exit(1);
 } else {
   console.error("usage: cluster_client.ts install|open|check ...");
   Deno.exit(2);
