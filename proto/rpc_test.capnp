@@ -45,6 +45,9 @@ interface TestHost {
   # next settle(): calls made through it meanwhile loop through the host.
 
   settle @12 () -> ();
+
+  trees @13 () -> (host :TreeHost);
+  # A TreeHost, for the forwarding and cancellation tests.
 }
 
 struct TestTree {
@@ -66,4 +69,10 @@ interface TreeHost {
   swap @0 (tree :TestTree) -> (tree :TestTree);
   # Takes one tree and answers another: the tests compare both with what
   # they sent and what they asked the host to answer.
+
+  wait @1 () -> (host :TreeHost);
+  # Answers when the test lets it, or never: for cancellation tests.
+
+  canceledWaits @2 () -> (count :Int32);
+  # How many calls to wait were canceled by their callers so far.
 }

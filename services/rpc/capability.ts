@@ -250,6 +250,11 @@ export abstract class Ans implements CapnpAnswer<$.Struct> {
     return undefined;
   }
 
+  /** The caller no longer wants the results: a call to a peer sends
+   * Finish at once and settles as canceled; a local server sees its
+   * {@link CallContext} signal abort. Nothing happens once settled. */
+  cancel(): void {}
+
   /** What generated code calls when a pipelined client is closed: the
    * results' reference at that path is dropped once they arrive. (Not
    * what it resolves to further on: that may be a capability the results'
@@ -383,6 +388,8 @@ export class PromisedAnswer extends Ans {
   #pipelines: Map<string, PromiseCap> | undefined;
   #deferred: PromiseWithResolvers<$.Pointer> | undefined;
   #listeners: (() => void)[] | undefined;
+  #onCancel: (() => void) | undefined;
+  #canceled = false;
 
   get settled(): boolean {
     return this.#root !== undefined || this.#error !== undefined ||
@@ -453,10 +460,25 @@ export class PromisedAnswer extends Ans {
     this.#notify();
   }
 
+  /** Runs `stop` if the caller cancels before the answer settles. */
+  onCancel(stop: () => void): void {
+    this.#onCancel = stop;
+  }
+
+  cancel(): void {
+    if (this.#inner !== undefined) {
+      this.#inner.cancel();
+    } else if (!this.settled && !this.#canceled) {
+      this.#canceled = true;
+      this.#onCancel?.();
+    }
+  }
+
   /** Settles as whatever `inner` settles as; pipelines move over now. */
   forward(inner: Ans): void {
     if (this.settled) return;
     this.#inner = inner;
+    if (this.#canceled) inner.cancel();
     if (this.#pipelines !== undefined) {
       for (const [key, cap] of this.#pipelines) {
         cap.resolve(inner.pipelineCap(parseKey(key)), { borrowed: true });
@@ -482,6 +504,14 @@ export class PromisedAnswer extends Ans {
 function parseKey(key: string): PipelineOp[] {
   if (key === "") return [];
   return key.split(".").map((field) => ({ field: Number(field) }));
+}
+
+/** What a server method gets beside its params and results. */
+export interface CallContext {
+  /** Aborts when the caller cancels the call (drops it before its
+   * Return); its reason is an {@link RpcError}. A server may stop early
+   * and throw; its results are then not wanted. */
+  readonly signal: AbortSignal;
 }
 
 /**
@@ -547,7 +577,19 @@ export class LocalCap extends Cap {
       results = newMessage().initRoot(method.ResultsClass);
     }
     const answer = new PromisedAnswer();
-    const run = () => method.impl.call(server.target, params, results);
+    const controller = new AbortController();
+    answer.onCancel(() =>
+      controller.abort(
+        new RpcError("failed", "call was canceled by its caller"),
+      )
+    );
+    const context: CallContext = { signal: controller.signal };
+    const run = () =>
+      (method.impl as (
+        params: $.Struct,
+        results: $.Struct,
+        context: CallContext,
+      ) => Promise<void> | void).call(server.target, params, results, context);
     // A call from a peer already runs on its own turn (the connection's
     // read loop) and starts at once; a local caller's call starts on a
     // later microtask, never inside the caller's own stack. Calls start in

@@ -342,6 +342,26 @@ export class RpcConnection {
     return question;
   }
 
+  /**
+   * The caller dropped a question before its Return: Finish goes out now
+   * with releaseResultCaps (the peer releases any capabilities in the
+   * results, which are never imported here), the question fails as
+   * canceled, and its ID stays taken until the Return arrives.
+   */
+  cancelQuestion(question: Question): void {
+    if (
+      question.returned || question.finishSent || this.#error !== undefined
+    ) return;
+    question.finishSent = true;
+    question.canceled = true;
+    const message = newMessage();
+    const finish = message.initRoot(rpc.Message)._initFinish();
+    finish.questionId = question.id;
+    finish.releaseResultCaps = true;
+    this.#trySend(message);
+    question.fail(new RpcError("failed", "call was canceled by its caller"));
+  }
+
   /** Sends Finish once the question returned and no embargo needs it. */
   maybeFinish(question: Question): void {
     if (
@@ -938,6 +958,12 @@ export class RpcConnection {
     }
     question.returned = true;
     if (ret.releaseParamCaps) this.#releaseExports(question.paramExports);
+    if (question.canceled) {
+      // Finish went out already; the peer releases the results' caps.
+      this.#questions.delete(question.id);
+      this.#freeQuestionIds.push(question.id);
+      return;
+    }
     switch (ret.which()) {
       case rpc.Return.RESULTS: {
         const payload = ret.results;
@@ -989,6 +1015,9 @@ export class RpcConnection {
     entry.finished = true;
     entry.releaseResultCaps = releaseResultCaps;
     if (entry.returned) this.#retireAnswer(questionId, entry);
+    // Finish before Return: the caller canceled. The server (or the vat a
+    // forwarded call went on to) hears of it; a Return still follows.
+    else entry.answer.cancel();
   }
 
   #retireAnswer(questionId: number, entry: AnswerEntry): void {
@@ -1302,6 +1331,8 @@ class SettledAnswer extends Ans {
 class Question extends Ans {
   returned = false;
   finishSent = false;
+  /** Finish was sent before the Return (see cancelQuestion). */
+  canceled = false;
   pendingEmbargoes = 0;
   paramExports: number[] = [];
   #root: $.Pointer | undefined;
@@ -1314,6 +1345,10 @@ class Question extends Ans {
 
   constructor(readonly connection: RpcConnection, readonly id: number) {
     super();
+  }
+
+  cancel(): void {
+    this.connection.cancelQuestion(this);
   }
 
   /** True while the peer still holds the answer (pipelining allowed). */

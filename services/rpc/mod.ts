@@ -105,10 +105,17 @@
  */
 
 import * as $ from "capnp-es";
-import { Cap, LocalCap, toCap } from "./capability.ts";
+import { Ans, type CallContext, Cap, LocalCap, toCap } from "./capability.ts";
 import type { RpcConnection } from "./connection.ts";
 
-export { Ans, BrokenCap, Cap, LocalCap, PromiseCap } from "./capability.ts";
+export {
+  Ans,
+  BrokenCap,
+  type CallContext,
+  Cap,
+  LocalCap,
+  PromiseCap,
+} from "./capability.ts";
 export {
   type ConnectionLimits,
   type ConnectionOptions,
@@ -154,12 +161,13 @@ export interface InterfaceClass<Target, Client> {
 /**
  * A server implementation as {@link serve} takes it: the generated
  * `Foo$Server$Target`, except that a method may also return nothing
- * (a synchronous method) instead of a promise.
+ * (a synchronous method) instead of a promise, and gets a third argument,
+ * the {@link CallContext} (whose `signal` aborts if the caller cancels).
  */
 export type Implementation<Target> = {
   [K in keyof Target]: Target[K] extends
     (params: infer P, results: infer R) => Promise<void>
-    ? (params: P, results: R) => void | Promise<void>
+    ? (params: P, results: R, context: CallContext) => void | Promise<void>
     : Target[K];
 };
 
@@ -246,4 +254,40 @@ export function capOf(client: { client: $.Client } | $.Client): Cap {
     ? client as $.Client
     : (client as { client: $.Client }).client;
   return inner instanceof Cap ? inner : toCap(inner);
+}
+
+/**
+ * Cancels a call whose results are no longer wanted, given the generated
+ * results promise (`Foo_Bar$Results$Promise`). Before its Return, a call
+ * to a peer sends Finish at once (the peer releases any capabilities in
+ * the results) and its `promise()` rejects with an {@link RpcError}; the
+ * server's {@link CallContext} signal aborts, also across a middle vat
+ * that forwarded the call. After the Return it does nothing.
+ *
+ * @example
+ * ```ts
+ * import * as rpc from "./mod.ts";
+ * import { TreeHost } from "../../proto/gen/rpc_test.ts";
+ * let aborted = false;
+ * const host = new TreeHost.Client(rpc.serve(TreeHost, {
+ *   wait(_params, _results, { signal }) {
+ *     return new Promise((_, reject) =>
+ *       signal.addEventListener("abort", () => {
+ *         aborted = true;
+ *         reject(signal.reason);
+ *       })
+ *     );
+ *   },
+ * }));
+ * const pending = host.wait();
+ * await Promise.resolve();
+ * rpc.cancel(pending);
+ * await pending.promise().catch(() => {});
+ * console.assert(aborted);
+ * rpc.release(host);
+ * ```
+ */
+export function cancel(results: { pipeline: { answer: unknown } }): void {
+  const answer = results.pipeline.answer;
+  if (answer instanceof Ans) answer.cancel();
 }

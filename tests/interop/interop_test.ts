@@ -250,3 +250,30 @@ Deno.test("a C++ program on fd 3 (as a grain) calls the Deno server", async () =
     state.cap.close();
   }
 });
+
+Deno.test("a Deno caller's cancel reaches the C++ server", async () => {
+  await buildPeer();
+  const server = await startCppServer("127.0.0.1:0");
+  const connection = new rpc.RpcConnection(
+    await rpc.connectTcp({ hostname: "127.0.0.1", port: server.port }),
+  );
+  const host = rpc.bootstrap(connection, TestHost);
+  const trees = host.trees().getHost();
+  try {
+    const canceled = async () => (await trees.canceledWaits().promise()).count;
+    const before = await canceled();
+    const questions = connection.stats.questions;
+    const pending = trees.wait();
+    await canceled(); // the wait call has reached C++
+    rpc.cancel(pending);
+    await assert.rejects(pending.promise(), /canceled/);
+    assert.equal(await canceled(), before + 1);
+    // C++ still sends the canceled call's Return; the question ends then.
+    while (connection.stats.questions > questions) await canceled();
+  } finally {
+    rpc.release(trees);
+    rpc.release(host);
+    connection.close();
+    await server.stop();
+  }
+});

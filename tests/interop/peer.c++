@@ -50,6 +50,29 @@ kj::Exception::Type exceptionType(kj::StringPtr kind) {
   return kj::Exception::Type::FAILED;
 }
 
+// Calls to TreeHost.wait that their callers canceled.
+int canceledWaits = 0;
+
+class TreeHostImpl final : public TreeHost::Server {
+ protected:
+  kj::Promise<void> swap(SwapContext context) override {
+    context.getResults().setTree(context.getParams().getTree());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> wait(WaitContext context) override {
+    // Never answers; dropping the promise (a Finish from the caller)
+    // counts a cancellation.
+    context.allowCancellation();
+    return kj::Promise<void>(kj::NEVER_DONE).attach(kj::defer([]() { ++::canceledWaits; }));
+  }
+
+  kj::Promise<void> canceledWaits(CanceledWaitsContext context) override {
+    context.getResults().setCount(::canceledWaits);
+    return kj::READY_NOW;
+  }
+};
+
 class TestHostImpl final : public TestHost::Server {
  protected:
   kj::Promise<void> add(AddContext context) override {
@@ -126,6 +149,11 @@ class TestHostImpl final : public TestHost::Server {
       fulfiller->fulfill(kj::mv(target));
     });
     context.getResults().setCounter(kj::mv(paf.promise));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> trees(TreesContext context) override {
+    context.getResults().setHost(kj::heap<TreeHostImpl>());
     return kj::READY_NOW;
   }
 
@@ -292,6 +320,59 @@ void checks(TestHost::Client& host, kj::WaitScope& waitScope) {
     } else {
       KJ_FAIL_ASSERT("call did not fail", kind);
     }
+  }
+
+  // A tree far larger than a first segment (so built in several, with
+  // far pointers) comes back unchanged from TreeHost.swap.
+  {
+    auto trees = host.treesRequest().send().getHost();
+    auto request = trees.swapRequest();
+    auto tree = request.initTree();
+    tree.setText(kj::str(kj::repeat('t', 5000)));
+    auto children = tree.initChildren(40);
+    for (unsigned i = 0; i < children.size(); i++) {
+      auto child = children[i];
+      child.setNumber(i * 1000003ull);
+      child.setRatio(i * 0.25f);
+      child.setText(kj::str("child ", i, kj::repeat('c', 300)));
+      auto data = child.initData(2000 + i);
+      for (size_t j = 0; j < data.size(); j++) data[j] = (i + j) & 0xff;
+      auto texts = child.initTexts(8);
+      for (unsigned j = 0; j < texts.size(); j++) texts.set(j, kj::str("entry-", j, "-abcd"));
+    }
+    auto response = request.send().wait(waitScope);
+    auto back = response.getTree();
+    KJ_ASSERT(back.getText().size() == 5000);
+    KJ_ASSERT(back.getChildren().size() == 40);
+    for (unsigned i = 0; i < 40; i++) {
+      auto child = back.getChildren()[i];
+      KJ_ASSERT(child.getNumber() == i * 1000003ull, i);
+      KJ_ASSERT(child.getRatio() == i * 0.25f, i);
+      KJ_ASSERT(child.getText() == kj::str("child ", i, kj::repeat('c', 300)), i);
+      auto data = child.getData();
+      KJ_ASSERT(data.size() == 2000 + i, i);
+      for (size_t j = 0; j < data.size(); j++) KJ_ASSERT(data[j] == ((i + j) & 0xff), i, j);
+      KJ_ASSERT(child.getTexts().size() == 8);
+      KJ_ASSERT(child.getTexts()[7] == "entry-7-abcd");
+    }
+  }
+
+  // Cancellation: dropping a call's promise before its Return sends
+  // Finish, and the server sees the call canceled.
+  {
+    auto trees = host.treesRequest().send().getHost();
+    int before = trees.canceledWaitsRequest().send().wait(waitScope).getCount();
+    {
+      auto waiting = trees.waitRequest().send();
+      // Answered after the wait call reached the server.
+      trees.canceledWaitsRequest().send().wait(waitScope);
+    }
+    bool canceled = false;
+    for (int i = 0; i < 20 && !canceled; i++) {
+      int count = trees.canceledWaitsRequest().send().wait(waitScope).getCount();
+      canceled = count == before + 1;
+    }
+    KJ_ASSERT(canceled, "the server saw the canceled call");
   }
 
   {

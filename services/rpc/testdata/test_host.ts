@@ -5,7 +5,9 @@
  * @module
  */
 
-import { Counter, TestHost } from "../../../proto/gen/rpc_test.ts";
+import { Counter, TestHost, TreeHost } from "../../../proto/gen/rpc_test.ts";
+import * as $ from "capnp-es";
+import { copyPointer } from "../_copy.ts";
 import { RpcError, type RpcErrorType } from "../errors.ts";
 import {
   type Cap,
@@ -98,9 +100,39 @@ export function serveTestHost(): TestHostState {
     self(_params, results) {
       results.host = retain(new TestHost.Client(state.cap));
     },
+    trees(_params, results) {
+      results.host = new TreeHost.Client(serveWaitingTreeHost());
+    },
   };
   state.cap = serve(TestHost, target);
   state.live = () => live;
   state.held = held;
   return state;
+}
+
+let canceledWaits = 0;
+
+/** A TreeHost whose `wait` never answers unless canceled (then it fails);
+ * `canceledWaits` counts those cancellations in this process. */
+export function serveWaitingTreeHost(): Cap {
+  return serve(TreeHost, {
+    swap(params, results) {
+      // The engine's own deep copy (capnp-es's setter copy is unusable).
+      copyPointer(
+        $.utils.getPointer(0, params),
+        $.utils.getPointer(0, results),
+      );
+    },
+    wait(_params, _results, { signal }) {
+      return new Promise((_resolve, reject) => {
+        signal.addEventListener("abort", () => {
+          canceledWaits++;
+          reject(signal.reason);
+        });
+      });
+    },
+    canceledWaits(_params, results) {
+      results.count = canceledWaits;
+    },
+  });
 }
