@@ -26,18 +26,22 @@ export const ROLE_PORTS: Record<RoleName, number> = {
 /** The gateway's control port, where shells register over RPC. */
 export const GATEWAY_CONTROL_PORT = 7106;
 
+/** "host:port" (IPv6 in brackets) as hostname and port. */
+function hostPortOf(address: string): { hostname: string; port: number } {
+  const at = address.lastIndexOf(":");
+  return {
+    hostname: address.slice(0, at).replace(/^\[|\]$/g, ""),
+    port: Number(address.slice(at + 1)),
+  };
+}
+
 /** The first vat of `role` in the directory, as hostname and port. */
 function firstVat(
   context: RoleContext,
   role: RoleName,
 ): { hostname: string; port: number } | undefined {
   const vat = (context.directory?.vats ?? []).find((v) => v.role === role);
-  if (vat === undefined) return undefined;
-  const at = vat.address.lastIndexOf(":");
-  return {
-    hostname: vat.address.slice(0, at).replace(/^\[|\]$/g, ""),
-    port: Number(vat.address.slice(at + 1)),
-  };
+  return vat === undefined ? undefined : hostPortOf(vat.address);
 }
 
 /** Vat IDs (hex) of the directory's vats of the given roles. */
@@ -215,13 +219,13 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `nginx.dir=${c.roleDir}/nginx`,
       ],
     },
-    // SQLite in the role's folder; grains run on the directory's first
-    // worker when the shell starts, and it registers with the first
+    // SQLite in the role's folder; the directory's coordinators (when the
+    // shell starts) place its grains, and it registers with the first
     // gateway. The token and public URL come from the master's settings.
     shell: {
       entry: entry("shell"),
       port: ROLE_PORTS.shell,
-      waitFor: ["gateway", "worker"],
+      waitFor: ["gateway", "worker", "coordinator"],
       permissions: (c) => ({
         ...base(options, c, ROLE_PORTS.shell),
         run: ["xz"],
@@ -246,7 +250,6 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         sys: ["hostname"],
       }),
       overrides: (c) => {
-        const worker = firstVat(c, "worker");
         const gateway = firstVat(c, "gateway");
         return [
           `listen.hostname=${c.address}`,
@@ -254,9 +257,14 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
           "database.kind=sqlite",
           `database.path=${c.roleDir}/shell.sqlite`,
           `packageDir=${c.roleDir}/packages`,
-          "runner.kind=worker",
-          `runner.hostname=${worker?.hostname}`,
-          `runner.port=${worker?.port}`,
+          "runner.kind=cluster",
+          `runner.coordinators=${
+            JSON.stringify(
+              (c.directory?.vats ?? []).filter((v) => v.role === "coordinator")
+                .map((v) => hostPortOf(v.address)),
+            )
+          }`,
+          `runner.directoryFile=${c.directoryFile}`,
           `gateway.control.hostname=${gateway?.hostname}`,
           `gateway.control.port=${GATEWAY_CONTROL_PORT}`,
         ];

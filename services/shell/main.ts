@@ -15,6 +15,7 @@ import type { Logger } from "../runtime/log.ts";
 import { HttpGrainRunner, noRunner } from "./grain_runner.ts";
 import { PackageStore, spkVerifier } from "./packages.ts";
 import { WorkerGrainRunner } from "./worker_client.ts";
+import { ClusterGrainRunner } from "./cluster_runner.ts";
 import { randomToken } from "./password.ts";
 import { MongoRepository } from "./repo/mongo.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
@@ -56,6 +57,15 @@ export const shellConfig = z.strictObject({
       kind: z.literal("worker"),
       hostname: z.string().default("127.0.0.1"),
       port: z.number().int().min(1).max(65535),
+    }),
+    /** In a cluster: coordinators place grains (cluster_runner.ts). */
+    z.strictObject({
+      kind: z.literal("cluster"),
+      coordinators: z.array(z.strictObject({
+        hostname: z.string(),
+        port: z.number().int().min(1).max(65535),
+      })).min(1),
+      directoryFile: z.string().min(1),
     }),
   ]).default({ kind: "none" }),
   gateway: z.strictObject({
@@ -140,6 +150,8 @@ if (import.meta.main) {
         ? new HttpGrainRunner(config.runner.url)
         : config.runner.kind === "worker"
         ? new WorkerGrainRunner(config.runner)
+        : config.runner.kind === "cluster"
+        ? new ClusterGrainRunner(config.runner)
         : noRunner;
       const packages = new PackageStore(
         config.packageDir,
@@ -213,7 +225,10 @@ if (import.meta.main) {
           await server.shutdown();
           await repo.removeReplica(id);
           await repo.close();
-          if (runner instanceof WorkerGrainRunner) runner.close();
+          if (
+            runner instanceof WorkerGrainRunner ||
+            runner instanceof ClusterGrainRunner
+          ) runner.close();
         },
       };
     },

@@ -124,6 +124,20 @@ export class WorkerGrainRunner implements GrainRunner {
     rpc.release(rpc.retain(started.view));
   }
 
+  /** Installs a package on the worker without starting any grain (so
+   * that a coordinator may later start grains of it there). */
+  async installPackage(packageId: string, packagePath: string): Promise<void> {
+    const worker = await this.#connect();
+    try {
+      await this.#install(worker, packageId, packagePath);
+    } catch (error) {
+      if (error instanceof GrainUnavailableError) throw error;
+      throw new GrainUnavailableError(
+        `The worker could not install the package: ${(error as Error).message}`,
+      );
+    }
+  }
+
   async open(grain: Grain, packagePath: string): Promise<string> {
     const worker = await this.#connect();
     try {

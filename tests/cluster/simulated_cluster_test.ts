@@ -24,6 +24,8 @@ const userScript = new URL("./testdata/web_user.ts", import.meta.url)
 interface UserRecord {
   atMs: number;
   ok: boolean;
+  /** The grain page the user opened (first record only). */
+  opened?: string;
   status?: number;
   error?: string;
 }
@@ -293,25 +295,12 @@ Deno.test({
             assert.equal(answers[p.grainId], p.workerId, p.grainId);
           }
 
-          // The shell sends its grains to the one worker the directory
-          // named when it started (it does not ask coordinators yet), so
-          // that worker's death would end the user's grain: the victim is
-          // another placement's worker.
-          const shellWorker = await eventually("the shell runs", async () => {
-            for (const pid of await pidsOf(cluster.state.namespaces[1])) {
-              const line = commandLine(pid);
-              if (line.includes("services/shell/main.ts")) {
-                return /runner\.hostname=(\S+)/.exec(line)?.[1];
-              }
-            }
-          });
-          const victimVat = placements.find((p) =>
-            !vats.find((v) =>
-              v.vatId === p.workerId
-            )!.address.startsWith(
-              `${shellWorker}:`,
-            )
-          )!.workerId;
+          // The victim is the worker of the user's grain, which the shell
+          // had a coordinator place.
+          const opened = (await userRecords(userOut))[0].opened!;
+          const userGrain = opened.slice(opened.lastIndexOf("/") + 1);
+          const victimVat = answers[userGrain];
+          assert.ok(victimVat, `the user's grain ${userGrain} answers`);
           const victim = vats.find((v) => v.vatId === victimVat)!.machine;
           const moved = placements.filter((p) => p.workerId === victimVat);
           await cluster.killMachine(Number(victim.slice(1)));
@@ -319,7 +308,7 @@ Deno.test({
             const now = JSON.parse(
               await client("check", coordinator.address, directoryFile),
             );
-            return moved.every((p) =>
+            return [...moved, { grainId: userGrain }].every((p) =>
                 now[p.grainId] !== null && now[p.grainId] !== victimVat
               )
               ? true
