@@ -1140,31 +1140,52 @@ export class RpcConnection {
     promise.settle(resolution);
   }
 
+  /** Answers a senderLoopback Disembargo once its target is settled. */
+  #echoDisembargo(target: Cap, id: number): void {
+    // Calls that came before this message were forwarded at once (see
+    // capability.ts), so echoing now keeps them ahead of the lift.
+    if (
+      target.connection !== this ||
+      !(target instanceof ImportCap || target instanceof PipelineCap)
+    ) {
+      throw new RpcProtocolError(
+        "Disembargo senderLoopback aimed at a capability that does not point back to the sender",
+      );
+    }
+    if (target instanceof PipelineCap && !target.question.open) {
+      throw new RpcProtocolError(
+        "Disembargo senderLoopback aimed at a settled pipeline",
+      );
+    }
+    const reply = newMessage();
+    const echo = reply.initRoot(rpc.Message)._initDisembargo();
+    target.writeTarget(echo._initTarget());
+    echo._initContext().receiverLoopback = id;
+    this.#send(reply);
+  }
+
   #handleDisembargo(disembargo: rpc.Disembargo, original: rpc.Message): void {
     const context = disembargo.context;
     switch (context.which()) {
       case rpc.Disembargo_Context.SENDER_LOOPBACK: {
+        const id = context.senderLoopback;
         const target = shorten(this.#readTarget(disembargo.target));
-        // Calls that came before this message were forwarded at once (see
-        // capability.ts), so echoing now keeps them ahead of the lift.
-        if (
-          target.connection !== this ||
-          !(target instanceof ImportCap || target instanceof PipelineCap)
-        ) {
-          throw new RpcProtocolError(
-            "Disembargo senderLoopback aimed at a capability that does not point back to the sender",
-          );
+        const pending = target.connection === this
+          ? undefined
+          : target.whenResolved();
+        if (pending === undefined) {
+          this.#echoDisembargo(target, id);
+          return;
         }
-        if (target instanceof PipelineCap && !target.question.open) {
-          throw new RpcProtocolError(
-            "Disembargo senderLoopback aimed at a settled pipeline",
-          );
-        }
-        const reply = newMessage();
-        const echo = reply.initRoot(rpc.Message)._initDisembargo();
-        target.writeTarget(echo._initTarget());
-        echo._initContext().receiverLoopback = context.senderLoopback;
-        this.#send(reply);
+        // Still a promise here: the sender's capability came back to it
+        // through a third vat and this vat's own embargo toward that vat
+        // has not lifted yet. Calls queued in it go out to the sender when
+        // it lifts; the echo follows them.
+        pending.then((resolved) => {
+          if (this.#error === undefined) {
+            this.#echoDisembargo(shorten(resolved), id);
+          }
+        }).catch((error) => this.#failed(error));
         return;
       }
       case rpc.Disembargo_Context.RECEIVER_LOOPBACK: {

@@ -12,6 +12,8 @@ import fc from "fast-check";
 import * as rpcSchema from "../../proto/gen/capnp/rpc.ts";
 import { WebSession } from "../../proto/gen/sandstorm/web-session.ts";
 import {
+  Counter,
+  TestHost,
   TestTree,
   TreeHost,
   TreeHost_Swap$Params,
@@ -19,6 +21,7 @@ import {
 } from "../../proto/gen/rpc_test.ts";
 import * as rpc from "./mod.ts";
 import { copyPointer } from "./_copy.ts";
+import { serveCounter, serveTestHost } from "./testdata/test_host.ts";
 import { readMessage, serialize } from "./_message.ts";
 
 /** A TestTree as plain values. */
@@ -474,3 +477,67 @@ class NumberAndText extends $.Struct {
     return $.utils.getText(0, this);
   }
 }
+
+Deno.test("calls on the caller's own capability bounced through a middle vat keep their order", async () => {
+  // A's counter goes to C through B and comes back in C's results; calls
+  // A pipelines on it loop A -> B -> C -> B -> A until the embargoes lift.
+  // B's own embargo toward C must lift before it echoes A's Disembargo.
+  const state = serveTestHost();
+  const [aSide, bFromA] = rpc.memoryPipe();
+  const [bToC, cSide] = rpc.memoryPipe();
+  const c = new rpc.RpcConnection(cSide, { bootstrap: state.cap });
+  const bc = new rpc.RpcConnection(bToC);
+  const fromC = rpc.bootstrap(bc, TestHost);
+  const ba = new rpc.RpcConnection(bFromA, { bootstrap: rpc.capOf(fromC) });
+  const a = new rpc.RpcConnection(aSide);
+  const host = rpc.bootstrap(a, TestHost);
+  const own = new Counter.Client(serveCounter(0));
+  try {
+    // How the hops interleave depends on how many calls are in flight;
+    // five was the count that broke B's Disembargo echo.
+    for (const count of [1, 5, 20]) {
+      const counter = new Counter.Client(serveCounter(0));
+      const bounced = host.bounce((p) => p.counter = counter).getCounter();
+      const values = await Promise.all(
+        Array.from(
+          { length: count },
+          () => bounced.increment((p) => p.by = 1).promise(),
+        ),
+      );
+      assert.deepEqual(
+        values.map((v) => v.value),
+        Array.from({ length: count }, (_, i) => i + 1),
+      );
+      rpc.release(bounced);
+      rpc.release(counter);
+    }
+
+    const promised = (await host.promisedBounce((p) => p.counter = own)
+      .promise()).counter;
+    const order: Promise<number>[] = [];
+    const increment = () =>
+      order.push(
+        promised.increment((p) => p.by = 1).promise().then((r) => r.value),
+      );
+    for (let i = 0; i < 5; i++) increment();
+    const settled = host.settle().promise();
+    for (let i = 0; i < 10; i++) increment();
+    await settled;
+    for (let i = 0; i < 10; i++) increment();
+    assert.deepEqual(
+      await Promise.all(order),
+      Array.from({ length: 25 }, (_, i) => i + 1),
+    );
+    rpc.release(promised);
+    assert.equal(
+      await Promise.race([ba.closed, Promise.resolve("open")]),
+      "open",
+    );
+  } finally {
+    rpc.release(own);
+    rpc.release(host);
+    rpc.release(fromC);
+    for (const connection of [a, ba, bc, c]) connection.close();
+    state.cap.close();
+  }
+});
