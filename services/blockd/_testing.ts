@@ -161,6 +161,8 @@ export async function spawnDaemon(
   config: Record<string, unknown>,
   grains: string[],
   name = "blockd",
+  /** More --allow-net entries (the storage nodes' hosts). */
+  net: string[] = [],
 ): Promise<DaemonProcess> {
   const configFile = `${workspace.root}/${name}.json`;
   await Deno.writeTextFile(configFile, JSON.stringify(config));
@@ -172,7 +174,10 @@ export async function spawnDaemon(
     permissions: {
       read: [projectRoot, workspace.root],
       write: [workspace.root],
-      net: grains.map((g) => `unix:${workspace.sockets}/${g}.sock`),
+      net: [
+        ...grains.map((g) => `unix:${workspace.sockets}/${g}.sock`),
+        ...net,
+      ],
       ffi: [libraryPath],
     },
   });

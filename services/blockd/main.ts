@@ -2,21 +2,36 @@
  * Entry point of the block daemon role on a worker machine.
  *
  * Serves the grains named in its configuration, each on
- * `<socketDirectory>/<grain>.sock`, over volumes in a local directory
- * store (`store.kind = "directory"`: `<store.root>/<grain>/`, created with
- * `sizeBytes` when missing).
+ * `<socketDirectory>/<grain>.sock`, over volumes in one of two stores:
+ *
+ * - `store.kind = "directory"`: a local directory store,
+ *   `<store.root>/<grain>/`, created with `sizeBytes` when missing (tests,
+ *   single machine);
+ * - `store.kind = "storage"`: the storage role's Volumes over RPC on the
+ *   sealed UDP network. Each grain names its Volume by a SturdyRef
+ *   (`volumeRef`, base64), saved by whoever created the volume; the
+ *   daemon's vat (`store.vatKeyFile`) must be a presenter of the storage
+ *   zone. The configuration file holds those refs: keep it root-only.
  *
  * Run with: `deno run --allow-read=DIRS --allow-write=DIRS
- * --allow-net=unix:SOCKETS --allow-ffi=ffi/build/libblackrock.so
- * services/blockd/main.ts --config FILE`.
+ * --allow-net=unix:SOCKETS[,STORAGE_HOSTS] --allow-ffi=ffi/build/libblackrock.so
+ * services/blockd/main.ts --config FILE` (for the storage store, the read
+ * list also needs sealedUdpPermissions().read and the key file).
  *
  * @module
  */
 import { z } from "zod";
 import { runService } from "../runtime/service.ts";
 import { BLOCK_BYTES } from "./block_store.ts";
-import { BlockDaemon } from "./daemon.ts";
+import { BlockDaemon, type StoreOpener } from "./daemon.ts";
 import { DirectoryBlockStore } from "./directory_store.ts";
+import {
+  decodeVolumeRef,
+  StorageNodes,
+  VolumeRefError,
+} from "./storage_nodes.ts";
+
+const hex32 = z.string().regex(/^[0-9a-f]{64}$/, "64 lowercase hex digits");
 
 /** The daemon's configuration. */
 export const BlockdConfig = z.strictObject({
@@ -24,15 +39,35 @@ export const BlockdConfig = z.strictObject({
   cacheDirectory: z.string().min(1),
   /** This worker's name in volume leases. */
   holder: z.string().min(1),
-  store: z.strictObject({
-    kind: z.literal("directory"),
-    root: z.string().min(1),
-    leaseTtlMs: z.number().int().positive().default(10_000),
-  }),
+  store: z.discriminatedUnion("kind", [
+    z.strictObject({
+      kind: z.literal("directory"),
+      root: z.string().min(1),
+      leaseTtlMs: z.number().int().positive().default(10_000),
+    }),
+    z.strictObject({
+      kind: z.literal("storage"),
+      /** The daemon vat's ed25519 seed (hex), a storage zone presenter. */
+      vatKeyFile: z.string().min(1),
+      nodes: z.array(z.strictObject({
+        vatId: hex32,
+        /** UDP `host:port`. */
+        address: z.string().min(1),
+      })).min(1),
+      /** Local UDP address of the daemon's vat. */
+      bind: z.string().default("127.0.0.1:0"),
+      /** How long a silent storage node is waited for. */
+      graceMs: z.number().int().positive().default(5_000),
+      /** How often the lease is checked (the Volume's lease has no TTL). */
+      leaseCheckMs: z.number().int().positive().default(3_000),
+    }),
+  ]),
   grains: z.array(z.strictObject({
     name: z.string().regex(/^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/),
-    /** Size of the volume if it has to be created. */
+    /** Size of the export (and of the volume if it has to be created). */
     sizeBytes: z.number().int().positive().multipleOf(BLOCK_BYTES),
+    /** With the storage store: the Volume's SturdyRef, base64. */
+    volumeRef: z.string().min(1).optional(),
   })),
   leaseWaitMs: z.number().int().nonnegative().default(30_000),
   cache: z.strictObject({
@@ -65,38 +100,76 @@ if (import.meta.main) {
     stopTimeoutMs: 60_000,
     async start(config, log) {
       const sizes = new Map(config.grains.map((g) => [g.name, g.sizeBytes]));
-      const daemon = new BlockDaemon({
-        socketDirectory: config.socketDirectory,
-        cacheDirectory: config.cacheDirectory,
-        holder: config.holder,
-        leaseWaitMs: config.leaseWaitMs,
-        leaseRenewMs: Math.max(100, Math.floor(config.store.leaseTtlMs / 3)),
-        accessLogRecordMs: config.accessLog.recordMs,
-        accessLogMaxBlocks: config.accessLog.maxBlocks,
-        prefetchConcurrency: config.accessLog.prefetchConcurrency,
-        cache: config.cache,
-        log,
-        openStore: async (grain) => {
-          const root = `${config.store.root}/${grain}`;
+      const store = config.store;
+      let openStore: StoreOpener;
+      let leaseRenewMs: number;
+      let nodes: StorageNodes | undefined;
+      if (store.kind === "directory") {
+        leaseRenewMs = Math.max(100, Math.floor(store.leaseTtlMs / 3));
+        openStore = async (grain) => {
+          const root = `${store.root}/${grain}`;
           if (!(await DirectoryBlockStore.exists(root))) {
             await DirectoryBlockStore.create(
               root,
               sizes.get(grain)! / BLOCK_BYTES,
             );
-            log.info("volume-created", { grain, sizeBytes: sizes.get(grain) });
+            log.info("volume-created", {
+              grain,
+              sizeBytes: sizes.get(grain),
+            });
           }
           return DirectoryBlockStore.open(root, {
-            leaseTtlMs: config.store.leaseTtlMs,
+            leaseTtlMs: store.leaseTtlMs,
           });
-        },
+        };
+      } else {
+        // Every ref is checked before anything starts: a typo fails the
+        // start with the grain's name, not a half-started daemon.
+        const refs = new Map<string, Uint8Array>();
+        for (const grain of config.grains) {
+          if (grain.volumeRef === undefined) {
+            throw new VolumeRefError(
+              `grain ${grain.name} has no volumeRef (the storage store needs one)`,
+            );
+          }
+          refs.set(grain.name, decodeVolumeRef(grain.volumeRef));
+        }
+        leaseRenewMs = store.leaseCheckMs;
+        const opened = await StorageNodes.open(store);
+        nodes = opened;
+        openStore = (grain) =>
+          opened.openVolume(grain, refs.get(grain)!, sizes.get(grain)!);
+        log.info("storage-nodes", { nodes: store.nodes.length });
+      }
+      const daemon = new BlockDaemon({
+        socketDirectory: config.socketDirectory,
+        cacheDirectory: config.cacheDirectory,
+        holder: config.holder,
+        leaseWaitMs: config.leaseWaitMs,
+        leaseRenewMs,
+        accessLogRecordMs: config.accessLog.recordMs,
+        accessLogMaxBlocks: config.accessLog.maxBlocks,
+        prefetchConcurrency: config.accessLog.prefetchConcurrency,
+        cache: config.cache,
+        log,
+        openStore,
       });
       try {
         for (const grain of config.grains) await daemon.startGrain(grain.name);
       } catch (error) {
         await daemon.stop().catch(() => {});
+        await nodes?.close();
         throw error;
       }
-      return { stop: () => daemon.stop() };
+      return {
+        async stop() {
+          try {
+            await daemon.stop();
+          } finally {
+            await nodes?.close();
+          }
+        },
+      };
     },
   });
 }
