@@ -523,24 +523,29 @@ export class RpcConnection {
    * now on must wait until those earlier calls have come back around:
    * Disembargo (senderLoopback) goes out and returns a promise that lifts
    * when the peer echoes it. Returns what the promise should now forward to.
+   * With `owned`, that promise takes over the reference to `resolution`
+   * (else it borrows it from the caller).
    */
   embargo(
     writeTarget: TargetWriter,
     resolution: Cap,
     onLifted: () => void,
+    owned = false,
   ): Cap {
     if (this.#error !== undefined) {
       onLifted();
+      if (owned) resolution.close();
       return resolution;
     }
     const id = this.#nextEmbargoId++;
     const waiting = new PromiseCap();
     this.#embargoes.set(id, {
       lift: () => {
-        waiting.resolve(resolution, { borrowed: true });
+        waiting.resolve(resolution, owned ? undefined : { borrowed: true });
         onLifted();
       },
       fail: (error) => {
+        if (owned) resolution.close();
         waiting.reject(error);
         onLifted();
       },
@@ -1516,6 +1521,8 @@ class PromiseImportCap extends ImportCap {
   #target: Cap | undefined;
   /** The reference the Resolve gave; dropped with this import. */
   #resolution: Cap | undefined;
+  /** The embargo promise this import forwards to, if any; its own. */
+  #embargoed: Cap | undefined;
   #called = false;
   readonly #settled: Promise<Cap>;
   #settle!: (cap: Cap) => void;
@@ -1538,10 +1545,23 @@ class PromiseImportCap extends ImportCap {
     }
     this.#resolution = resolution;
     const final = shorten(resolution);
-    this.#target = this.#called && final.connection !== this.conn &&
-        !(final instanceof BrokenCap)
-      ? this.conn.embargo((t) => this.writeTarget(t), resolution, () => {})
-      : resolution;
+    if (
+      this.#called && final.connection !== this.conn &&
+      !(final instanceof BrokenCap)
+    ) {
+      // The embargo's promise keeps its own reference to the resolution
+      // (once exported in a Resolve it may outlive this import), and this
+      // import holds the promise until it goes.
+      this.#embargoed = this.conn.embargo(
+        (t) => this.writeTarget(t),
+        resolution.addRef(),
+        () => {},
+        true,
+      );
+      this.#target = this.#embargoed;
+    } else {
+      this.#target = resolution;
+    }
     this.#settle(this.#target);
   }
 
@@ -1553,6 +1573,7 @@ class PromiseImportCap extends ImportCap {
   protected dispose(): void {
     super.dispose();
     this.#resolution?.close();
+    this.#embargoed?.close();
   }
 
   resolved(): Cap | undefined {

@@ -277,3 +277,36 @@ Deno.test("a Deno caller's cancel reaches the C++ server", async () => {
     await server.stop();
   }
 });
+
+Deno.test("C++ client checks pass through a Deno vat forwarding to a C++ server", async () => {
+  // Every call, capability, pipelined call, embargo, multi-segment tree
+  // and cancellation of the C++ checks crosses the Deno engine twice.
+  await buildPeer();
+  const server = await startCppServer("127.0.0.1:0");
+  const upstream = new rpc.RpcConnection(
+    await rpc.connectTcp({ hostname: "127.0.0.1", port: server.port }),
+  );
+  const host = rpc.bootstrap(upstream, TestHost);
+  const listener = rpc.listenTcp({ hostname: "127.0.0.1", port: 0 });
+  const accepted = listener.accept().then((transport) =>
+    new rpc.RpcConnection(transport, { bootstrap: rpc.capOf(host) })
+  );
+  let downstream: rpc.RpcConnection | undefined;
+  try {
+    const client = await new Deno.Command(peerPath, {
+      args: ["client", `127.0.0.1:${listener.port}`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    downstream = await accepted;
+    const stderr = new TextDecoder().decode(client.stderr);
+    assert.equal(client.code, 0, `C++ client failed: ${stderr}`);
+    assert.equal(new TextDecoder().decode(client.stdout).trim(), "ok");
+  } finally {
+    downstream?.close();
+    listener.close();
+    rpc.release(host);
+    upstream.close();
+    await server.stop();
+  }
+});
