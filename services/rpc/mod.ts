@@ -32,6 +32,9 @@
  *   that reference); a peer holding it
  *   gets Resolve, and Disembargo keeps call order when it turns out to
  *   point back at the peer.
+ * - {@link cancel}`(pending)` drops a call before its Return: Finish
+ *   goes out at once, and the server's method sees `signal` (in its third
+ *   argument, a {@link CallContext}) abort, even across a middle vat.
  * - A connection's `closed` resolves with the reason it ended; `stats`
  *   counts its table entries; `abort(error)` sends Abort and closes.
  * - Errors are {@link RpcError}; `type` is `failed`, `overloaded`,
