@@ -105,6 +105,7 @@ export function agentCommand(
       `codeRoot=${root}`,
       `clusterHosts=${JSON.stringify(state.addresses)}`,
       `coordinatorStateFile=${shared}/grains.sqlite`,
+      `shellDataDir=${shared}/shell`,
       `workerUidFirst=${100_000 + index * 65_536}`,
       `claimedSpecs.cores=${specs.cores}`,
       `claimedSpecs.memoryBytes=${specs.memoryBytes}`,
@@ -208,7 +209,9 @@ export async function startSimulatedCluster(options: {
     active: [],
     masterAddress: `${network.machines[0].address}:${MASTER_PORT}`,
   };
-  await Deno.mkdir(`${options.dir}/shared`, { recursive: true });
+  // The shells' database and packages, shared as the coordinators' state
+  // is: a stand-in for the cluster's MongoDB.
+  await Deno.mkdir(`${options.dir}/shared/shell`, { recursive: true });
   const env = { BLACKROCK_LOG_LEVEL: options.logLevel ?? "info" };
   const agents = new Map<number, ServerProcess>();
   const bootMachine = async (index: number) => {

@@ -103,6 +103,9 @@ export interface RoleDefinition {
   /** A role that needs peers to start (a worker needs a coordinator)
    * waits until the directory names one of each. */
   waitFor?: RoleName | RoleName[];
+  /** The role restarts when the peers its overrides name move (a shell
+   * registered with a gateway that died); others keep running. */
+  followsDirectory?: boolean;
 }
 
 /** Every role this agent can run, by name. */
@@ -363,7 +366,10 @@ export class Agent {
       version: directory.version,
       vats: directory.vats.length,
     });
-    if (this.#waiting()) {
+    const follows = this.#assignment.roles.some(({ role }) =>
+      this.#options.catalogue[role]?.followsDirectory
+    );
+    if (this.#waiting() || follows) {
       const next = this.#queue.then(() => this.#apply(this.#assignment));
       this.#queue = next.catch(() => {});
       await next;
@@ -428,7 +434,10 @@ export class Agent {
       // must not restart (and drop its grains) because a peer moved.
       const key = JSON.stringify(settings);
       const cached = this.#specs.get(role);
-      if (cached !== undefined && cached.key === key) {
+      if (
+        cached !== undefined && cached.key === key &&
+        !definition.followsDirectory
+      ) {
         kept.set(role, cached);
         specs.push(cached.spec);
         continue;

@@ -34,6 +34,10 @@ export const agentConfig = z.strictObject({
   coordinatorStateFile: z.string().default(
     "/var/lib/blackrock/shared/grains.sqlite",
   ),
+  /** A folder every machine's shell shares for its database and packages
+   * (the simulated cluster's stand-in for MongoDB); without it, each shell
+   * keeps them in its own role folder. */
+  shellDataDir: z.string().optional(),
   libc: z.string().default("/lib/x86_64-linux-gnu/libc.so.6"),
   workerUidFirst: z.number().int().min(1000).default(100_000),
   /** Numbers a simulated machine claims instead of measuring. */

@@ -64,6 +64,9 @@ export interface CatalogueOptions {
   libc: string;
   /** First host uid of the worker's grains. */
   workerUidFirst: number;
+  /** The shells' shared folder for their database and packages, if any
+   * (see services/agent/main.ts). */
+  shellDataDir?: string;
 }
 
 function base(
@@ -219,15 +222,21 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `nginx.dir=${c.roleDir}/nginx`,
       ],
     },
-    // SQLite in the role's folder; the directory's coordinators (when the
-    // shell starts) place its grains, and it registers with the first
-    // gateway. The token and public URL come from the master's settings.
+    // SQLite in the shells' shared folder (or the role's own); the
+    // directory's coordinators place its grains, and it registers with the
+    // directory's first gateway, restarting when those move. The token and
+    // public URL come from the master's settings.
     shell: {
       entry: entry("shell"),
       port: ROLE_PORTS.shell,
       waitFor: ["gateway", "worker", "coordinator"],
+      followsDirectory: true,
       permissions: (c) => ({
         ...base(options, c, ROLE_PORTS.shell),
+        ...(options.shellDataDir === undefined ? {} : {
+          read: [...base(options, c, 0).read!, options.shellDataDir],
+          write: [...base(options, c, 0).write!, options.shellDataDir],
+        }),
         run: ["xz"],
         // The MongoDB driver's own settings and the variables its handshake
         // reads (as services/shell/role.ts lists); no credentials.
@@ -255,8 +264,8 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
           `listen.hostname=${c.address}`,
           `listen.port=${ROLE_PORTS.shell}`,
           "database.kind=sqlite",
-          `database.path=${c.roleDir}/shell.sqlite`,
-          `packageDir=${c.roleDir}/packages`,
+          `database.path=${options.shellDataDir ?? c.roleDir}/shell.sqlite`,
+          `packageDir=${options.shellDataDir ?? c.roleDir}/packages`,
           "runner.kind=cluster",
           `runner.coordinators=${
             JSON.stringify(
