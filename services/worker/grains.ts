@@ -25,6 +25,7 @@ import {
 import { grainFilterBytes } from "./seccomp.ts";
 import { bindMount, detachMount, makeShared } from "./kernel_files.ts";
 import { GrainSupervisor } from "./supervisor.ts";
+import type { AttachedVolume, BlockVolumes, VolumeSpec } from "./volumes.ts";
 
 /** Where and how a worker keeps its grains. */
 export interface GrainManagerOptions {
@@ -43,6 +44,9 @@ export interface GrainManagerOptions {
    * that package started (see GrainManager.warm); 0 keeps none. */
   warmPerPackage?: number;
   spkLimits?: SpkLimits;
+  /** Attaches grains' storage volumes (see GrainManager.start's
+   * `volume`); without it only volume directories can be used. */
+  volumes?: BlockVolumes;
 }
 
 /** Where a grain is in its life. */
@@ -101,6 +105,8 @@ interface GrainRecord {
   grainId: string;
   packageId: string;
   volumeDir: string;
+  /** The storage volume mounted on volumeDir, while it is attached. */
+  attached?: AttachedVolume;
   state: GrainState;
   memoryLimitBytes: number;
   startedAtMs: number;
@@ -262,14 +268,18 @@ export class GrainManager {
   /**
    * Starts a grain. `isNew` runs the manifest's first action on an empty
    * volume; otherwise the continue command runs on the volume as it is.
-   * `volumeDir` defaults to a directory under the state directory; in
-   * production it is where the grain's NBD volume is mounted.
+   * `volumeDir` defaults to a directory under the state directory, or is
+   * a directory someone else mounted. `volume` instead names a storage
+   * Volume, which the worker attaches there through the block daemon and
+   * detaches (flushed to storage) when the grain stops; a volume that
+   * already holds a filesystem is never given the "new" action.
    */
   async start(options: {
     grainId: string;
     packageId: string;
     isNew: boolean;
     volumeDir?: string;
+    volume?: VolumeSpec;
     memoryBytes?: number;
   }): Promise<GrainSupervisor> {
     const { grainId, packageId } = options;
@@ -282,6 +292,68 @@ export class GrainManager {
     if (existing?.running) {
       throw new GrainError(`grain ${grainId} is already running`);
     }
+    if (options.volume !== undefined && options.volumeDir !== undefined) {
+      throw new GrainError(
+        `grain ${grainId}: give a volume or a volume directory, not both`,
+      );
+    }
+    if (options.volume !== undefined) {
+      return await this.#startOnVolume(options, options.volume, existing);
+    }
+    return await this.#start(options, existing);
+  }
+
+  /** Attaches the grain's storage volume, then starts the grain on it; a
+   * failed start detaches it again. */
+  async #startOnVolume(
+    options: Parameters<GrainManager["start"]>[0],
+    volume: VolumeSpec,
+    existing: GrainRecord | undefined,
+  ): Promise<GrainSupervisor> {
+    const volumes = this.options.volumes;
+    if (volumes === undefined) {
+      throw new GrainError(
+        `grain ${options.grainId} names a storage volume but this worker has no block daemon configured`,
+      );
+    }
+    // A grain that crashed left its volume attached; start from storage.
+    if (existing?.attached) {
+      await existing.attached.detach();
+      existing.attached = undefined;
+    }
+    const mountPoint =
+      `${this.options.stateDir}/grains/${options.grainId}/volume`;
+    await Deno.mkdir(dirname(mountPoint), { recursive: true, mode: 0o711 });
+    const attached = await volumes.attach(options.grainId, volume, mountPoint);
+    try {
+      return await this.#start(
+        {
+          ...options,
+          volume: undefined,
+          volumeDir: mountPoint,
+          isNew: options.isNew && attached.formatted,
+        },
+        existing,
+        attached,
+      );
+    } catch (error) {
+      await attached.detach().catch((detachError) =>
+        this.#log.error("volume-detach-failed", {
+          grainId: options.grainId,
+          error: detachError,
+        })
+      );
+      throw error;
+    }
+  }
+
+  async #start(
+    options: Parameters<GrainManager["start"]>[0],
+    existing: GrainRecord | undefined,
+    attached?: AttachedVolume,
+  ): Promise<GrainSupervisor> {
+    const { grainId, packageId } = options;
+    const pkg = this.#packages.get(packageId)!;
     const command = options.isNew
       ? pkg.manifest.actions[0]?.command ?? pkg.manifest.continueCommand
       : pkg.manifest.continueCommand;
@@ -298,6 +370,7 @@ export class GrainManager {
       grainId,
       packageId,
       volumeDir,
+      attached,
       state: "running",
       memoryLimitBytes,
       startedAtMs: Date.now(),
@@ -584,6 +657,10 @@ export class GrainManager {
     await this.#release(record, running);
     record.state = "stopped";
     await syncVolume(record.volumeDir);
+    if (record.attached) {
+      await record.attached.detach();
+      record.attached = undefined;
+    }
     this.#log.info("grain-stopped", { grainId });
   }
 
@@ -595,6 +672,13 @@ export class GrainManager {
       `${this.options.stateDir}/grains/${grainId}/volume`;
     if (!GRAIN_ID.test(grainId)) {
       throw new GrainError(`bad grain ID ${JSON.stringify(grainId)}`);
+    }
+    // Never remove files through a mounted storage volume: that would
+    // delete the grain's data in storage. Removing the Volume itself is
+    // its owner's business (the storage role), not the worker's.
+    if (record?.attached) {
+      await record.attached.detach();
+      record.attached = undefined;
     }
     await Deno.remove(dir, { recursive: true }).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
