@@ -475,3 +475,68 @@ Deno.test("a role waiting for a peer starts once the directory names one, and st
     }
   });
 });
+
+Deno.test("a role that follows the directory restarts only when its peers move", async () => {
+  await withMachine(async ({ stateDir, forbidden }) => {
+    const base = catalogue(forbidden).worker!;
+    const agent = await Agent.start({
+      machine: "m1",
+      stateDir,
+      address: "127.0.0.1",
+      catalogue: {
+        shell: {
+          ...base,
+          followsDirectory: true,
+          // Its "peer" is the first coordinator's machine.
+          overrides: (c) => [
+            ...base.overrides(c),
+            `color=${
+              c.directory?.vats.find((v) => v.role === "coordinator")
+                ?.machine ?? "none"
+            }`,
+          ],
+        },
+      },
+      log: quiet,
+      roleOutput: "null",
+    });
+    const vat = (role: string, machine: string, fill: string) => ({
+      role,
+      machine,
+      vatId: fill.repeat(64),
+      address: `10.0.0.1:7101`,
+      zones: [],
+    });
+    try {
+      await agent.setDirectory({
+        version: 1,
+        vats: [vat("coordinator", "m2", "a")],
+      });
+      await agent.assign({ version: 1, roles: [{ role: "shell" }] });
+      const first = await waitUntil("the role starts", async () => {
+        return (await starts(stateDir, "shell"))[0];
+      });
+      assert.equal(first.color, "m2");
+      // A vat that is not its peer joins: it keeps running.
+      await agent.setDirectory({
+        version: 2,
+        vats: [vat("coordinator", "m2", "a"), vat("worker", "m3", "b")],
+      });
+      assert.equal(agent.report().roles[0].process?.pid, first.pid);
+      // Its peer moves to m4: it starts again, told so.
+      await agent.setDirectory({
+        version: 3,
+        vats: [vat("coordinator", "m4", "c")],
+      });
+      const second = await waitUntil("the role starts again", async () => {
+        return (await starts(stateDir, "shell")).find((s) =>
+          s.pid !== first.pid && alive(s.pid)
+        );
+      });
+      assert.equal(second.color, "m4");
+      assert.ok(!alive(first.pid));
+    } finally {
+      await agent.stop();
+    }
+  });
+});
