@@ -279,3 +279,22 @@ Deno.test("log sink: the role process writes every received line on SIGTERM", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the sink redacts secrets that a sender did not", () => {
+  const line = JSON.stringify({
+    role: "shell",
+    event: "forged",
+    password: "FORGED-SECRET",
+    nested: { a: { b: { c: { d: { e: "unchecked-value" } } } } },
+    bytes: "fine",
+  });
+  const parsed = parseLogLine(line);
+  assert.ok(parsed.ok);
+  if (!parsed.ok) return;
+  assert.ok(!parsed.entry.text.includes("FORGED-SECRET"), parsed.entry.text);
+  assert.ok(!parsed.entry.text.includes("unchecked-value"), parsed.entry.text);
+  assert.equal(JSON.parse(parsed.entry.text).bytes, "fine");
+  const plain = JSON.stringify({ role: "shell", event: "ok", n: 1 });
+  const kept = parseLogLine(plain);
+  assert.ok(kept.ok && kept.entry.text === plain);
+});

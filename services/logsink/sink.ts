@@ -12,7 +12,7 @@
  * @module
  */
 import { z } from "zod";
-import type { Logger } from "../runtime/log.ts";
+import { type Logger, redact } from "../runtime/log.ts";
 import type { RunningService } from "../runtime/service.ts";
 
 /** The sink's configuration. */
@@ -59,7 +59,7 @@ export type DropReason =
 export interface LogEntry {
   role: string;
   event: string;
-  /** The line as received (re-serialising could change it). */
+  /** The line as received, or re-serialised when redaction changed it. */
   text: string;
 }
 
@@ -84,7 +84,11 @@ export function parseLogLine(
   if (typeof event !== "string" || event.length === 0) {
     return { ok: false, reason: "bad-event" };
   }
-  return { ok: true, entry: { role, event, text } };
+  // The sink applies the runtime's redaction again: a role built without
+  // the runtime's Logger, or any local process, could send a secret.
+  const redacted = JSON.stringify(redact("", value));
+  const clean = redacted === JSON.stringify(value) ? text : redacted;
+  return { ok: true, entry: { role, event, text: clean } };
 }
 
 /** Counters of a running sink. */

@@ -45,7 +45,9 @@ export function redact(name: string, value: unknown, depth = 0): unknown {
   if (value instanceof Error) {
     return { name: value.name, message: value.message };
   }
-  if (value !== null && typeof value === "object" && depth < 4) {
+  if (value !== null && typeof value === "object") {
+    // Deeper values are not inspected, so they are not written either.
+    if (depth >= 4) return "[nested too deep]";
     if (Array.isArray(value)) {
       return value.map((item) => redact("", item, depth + 1));
     }
