@@ -365,11 +365,26 @@ export function createShellHandler(options: ShellOptions) {
     log.info("signed-in", { user: user.id });
     const next = new URL(request.url).searchParams.get("next") ?? "/";
     return redirect(
-      next.startsWith("/") && !next.startsWith("//") ? next : "/",
+      sameOriginPath(next),
       {
         "set-cookie": sessionCookie(secret, Math.floor(loginSessionMs / 1000)),
       },
     );
+  }
+
+  /** The path of `next` when it resolves on the shell's own origin, else
+   * "/". Browsers read "/\\host" and "/<tab>/host" as "//host", so a
+   * prefix check is not enough: the URL parser decides, as a browser would,
+   * and only the normalised path is sent back. */
+  function sameOriginPath(next: string): string {
+    let target: URL;
+    try {
+      target = new URL(next, origin);
+    } catch {
+      return "/";
+    }
+    if (target.origin !== origin) return "/";
+    return `${target.pathname}${target.search}${target.hash}`;
   }
 
   async function logout(request: Request): Promise<Response> {

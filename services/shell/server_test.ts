@@ -318,3 +318,31 @@ Deno.test("a grain runner that does not answer gives a clear message", async () 
   );
   assert.equal(await runner.sizeOf("g1"), undefined);
 });
+
+Deno.test("sign-in only redirects to paths on the shell's own origin", async () => {
+  const world = await setup();
+  try {
+    const cases: [string, string][] = [
+      ["/%5Cevil.example/x", "/"],
+      ["/%09/evil.example", "/"],
+      ["//evil.example", "/"],
+      ["https://evil.example/", "/"],
+      ["%2F%2Fevil.example", "/"],
+      ["/grain/abc?x=1", "/grain/abc?x=1"],
+      ["/", "/"],
+    ];
+    for (const [next, expected] of cases) {
+      const response = await world.call(`/login?next=${next}`, {
+        method: "POST",
+        body: new URLSearchParams({
+          name: "alice",
+          password: "alice-password",
+        }),
+      });
+      assert.equal(response.status, 303, next);
+      assert.equal(response.headers.get("location"), expected, next);
+    }
+  } finally {
+    await world.done();
+  }
+});
