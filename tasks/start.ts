@@ -61,6 +61,20 @@ function parseArgs(args: string[]): Options {
     if (flag === "--data-dir") {
       const dir = value();
       options.dataDir = dir.startsWith("/") ? dir : `${Deno.cwd()}/${dir}`;
+      // `deno task start` may write only under .data; say how to allow
+      // another folder instead of failing later on the first write.
+      const write = Deno.permissions.querySync({
+        name: "write",
+        path: options.dataDir,
+      });
+      if (write.state !== "granted") {
+        throw new UsageError(
+          `--data-dir ${options.dataDir} is not writable under this run's ` +
+            `permissions; run \`deno run --allow-read --allow-run ` +
+            `--allow-env --allow-net=127.0.0.1 ` +
+            `--allow-write=${options.dataDir} tasks/start.ts ...\``,
+        );
+      }
     } else if (flag === "--base-port") {
       const port = Number(value());
       if (!Number.isInteger(port) || port < 1 || port > 65000) {
