@@ -179,6 +179,7 @@ Deno.test({
       gateway: `127.0.0.1:${proxy.addr.port}`,
       shells: [],
       maxBodyBytes: 1 << 20,
+      maxFormBytes: 4096,
     });
     const client = Deno.createHttpClient({
       caCerts: [await Deno.readTextFile(`${dir}/server.pem`)],
@@ -254,6 +255,23 @@ Deno.test({
       // The shells' internal route lookup is not reachable from outside.
       const internal = await get(`${url}/_blackrock/route?host=${label}`);
       assert.equal(internal.status, 404);
+
+      // Forms are held to the small limit by nginx, package uploads to the
+      // package limit; neither reaches the shell when too large.
+      const post = (path: string, sizeBytes: number) =>
+        get(`${url}${path}`, {
+          method: "POST",
+          body: new Uint8Array(sizeBytes),
+        });
+      assert.equal((await post("/login", 8192)).status, 413);
+      assert.equal((await post("/upload", 8192)).status, 200);
+      assert.equal((await post("/upload", 2 << 20)).status, 413);
+      // Share-link tokens and query strings stay out of the access log.
+      await get(`${url}/shared/sharetoken0123456789?t=querysecret`);
+      const accessLog = await Deno.readTextFile(`${dir}/access.log`);
+      assert.match(accessLog, /GET \/shared\/- /);
+      assert.ok(!accessLog.includes("sharetoken0123456789"), accessLog);
+      assert.ok(!accessLog.includes("querysecret"), accessLog);
 
       // Shell b leaves: requests go to a only, and nginx is reloaded
       // with a configuration that no longer names b.

@@ -29,7 +29,12 @@ export interface NginxSettings {
   gateway: string;
   /** Live shell replicas, "host:port" each. */
   shells: string[];
+  /** The largest body a grain host or a package upload (/upload) may send:
+   * the shell's package limit plus room for the request's framing. */
   maxBodyBytes: number;
+  /** The largest body any other request to the main hostname may send
+   * (sign-in and other forms). Default 1 MiB. */
+  maxFormBytes?: number;
 }
 
 /** Thrown when nginx refuses its configuration or cannot start. */
@@ -76,6 +81,10 @@ export function renderNginxConf(
       proxy_buffering off;
       proxy_request_buffering off;
       proxy_read_timeout 1h;`;
+  const formBytes = s.maxFormBytes ?? 1024 * 1024;
+  // The access log keeps neither query strings nor the Host header (grain
+  // hostnames are session secrets), and share-link tokens in paths are
+  // replaced by "-": a log readable by an operator must not grant access.
   return `# Written by the Blackrock gateway; rewritten when shells change.
 daemon off;
 ${user}worker_processes 1;
@@ -83,9 +92,16 @@ pid ${pidFile};
 error_log ${s.dir}/error.log warn;
 events { worker_connections 1024; }
 http {
-  access_log ${s.dir}/access.log;
+  map $uri $blackrock_logged_path {
+    ~^/shared/ /shared/-;
+    ~^/_blackrock/ /_blackrock/-;
+    default $uri;
+  }
+  log_format blackrock '$remote_addr [$time_local] "$request_method '
+    '$blackrock_logged_path $server_protocol" $status $body_bytes_sent';
+  access_log ${s.dir}/access.log blackrock;
 ${temp}
-  client_max_body_size ${s.maxBodyBytes};
+  client_max_body_size ${formBytes};
   upstream blackrock_gateway { server ${s.gateway}; }
   upstream blackrock_shells {
 ${shellServers}
@@ -101,6 +117,12 @@ ${shellServers}
       proxy_intercept_errors off;
       error_page 502 504 = @shells;
     }
+    location = /upload {
+      client_max_body_size ${s.maxBodyBytes};
+      proxy_pass http://blackrock_gateway;${proxy}
+      proxy_intercept_errors off;
+      error_page 502 504 = @shells;
+    }
     location @shells {
       proxy_pass http://blackrock_shells;${proxy}
     }
@@ -108,6 +130,7 @@ ${shellServers}
   server {
     listen ${s.listenHostname}:${s.listenPort} ssl http2;
     server_name *.${s.grainHostname};
+    client_max_body_size ${s.maxBodyBytes};
     location / {
       proxy_pass http://blackrock_gateway;${proxy}
     }

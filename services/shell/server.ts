@@ -103,6 +103,46 @@ function redirect(location: string, headers: HeadersInit = {}) {
   });
 }
 
+/**
+ * Reads a request body of at most `limitBytes`, counting bytes as they
+ * arrive: a chunked body has no content-length to check first, so reading
+ * it whole would let anyone, signed in or not, fill the shell's memory.
+ * Throws a 413 Refusal as soon as the limit is passed and cancels the rest.
+ */
+async function readBodyText(
+  request: Request,
+  limitBytes: number,
+): Promise<string> {
+  const tooLarge = () =>
+    new Refusal(new Response("form too large", { status: 413 }));
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > limitBytes) {
+    await request.body?.cancel().catch(() => {});
+    throw tooLarge();
+  }
+  if (request.body === null) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let sizeBytes = 0;
+  while (true) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    sizeBytes += value.length;
+    if (sizeBytes > limitBytes) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(sizeBytes);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
 function parseCookies(header: string | null): Map<string, string> {
   const cookies = new Map<string, string>();
   for (const part of (header ?? "").split(";")) {
@@ -176,14 +216,7 @@ export function createShellHandler(options: ShellOptions) {
     v: Visitor | undefined,
   ): Promise<URLSearchParams> {
     checkOrigin(request);
-    const length = Number(request.headers.get("content-length") ?? "0");
-    if (length > FORM_LIMIT_BYTES) {
-      throw new Refusal(new Response("form too large", { status: 413 }));
-    }
-    const text = await request.text();
-    if (text.length > FORM_LIMIT_BYTES) {
-      throw new Refusal(new Response("form too large", { status: 413 }));
-    }
+    const text = await readBodyText(request, FORM_LIMIT_BYTES);
     const form = new URLSearchParams(text);
     if (v !== undefined && form.get("csrf") !== v.session.csrfToken) {
       throw new Refusal(

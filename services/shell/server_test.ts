@@ -346,3 +346,27 @@ Deno.test("sign-in only redirects to paths on the shell's own origin", async () 
     await world.done();
   }
 });
+
+Deno.test("a chunked sign-in form is cut off with 413 once it passes the limit", async () => {
+  const world = await setup();
+  try {
+    let pulledBytes = 0;
+    const chunk = new Uint8Array(64 * 1024).fill(0x61);
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        pulledBytes += chunk.length;
+        if (pulledBytes > 64 * 1024 * 1024) controller.close();
+        else controller.enqueue(chunk);
+      },
+    });
+    const response = await world.call("/login", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body,
+    });
+    assert.equal(response.status, 413);
+    assert.ok(pulledBytes < 1024 * 1024, `read ${pulledBytes} bytes`);
+  } finally {
+    await world.done();
+  }
+});
