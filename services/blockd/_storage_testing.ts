@@ -134,18 +134,34 @@ async function listeningAddress(child: Deno.ChildProcess): Promise<string> {
   }
 }
 
-/** Makes a volume under root "grains" and returns its SturdyRef. */
+/** Makes `count` volumes under root "grains" on one connection and
+ * returns their SturdyRefs. */
+export async function newVolumeRefs(
+  client: StorageClient,
+  node: StorageNodeProcess,
+  count: number,
+): Promise<Uint8Array[]> {
+  client.directory.set(node.vatId, node.address);
+  const connection = new rpc.RpcConnection(client.network.connect(node.vatId));
+  try {
+    const storage = rpc.bootstrap(connection, StorageNode);
+    const root = storage.root((p) => p.name = "grains").getRoot();
+    await root.setQuota((p) => p.quotaBytes = 1n << 30n).promise();
+    const factory = root.factory().getFactory();
+    const refs = [];
+    for (let i = 0; i < count; i++) {
+      refs.push(await save(factory.newVolume().getVolume()));
+    }
+    return refs;
+  } finally {
+    connection.close();
+  }
+}
+
+/** Makes one volume; see {@link newVolumeRefs}. */
 export async function newVolumeRef(
   client: StorageClient,
   node: StorageNodeProcess,
 ): Promise<Uint8Array> {
-  client.directory.set(node.vatId, node.address);
-  const storage = rpc.bootstrap(
-    new rpc.RpcConnection(client.network.connect(node.vatId)),
-    StorageNode,
-  );
-  const root = storage.root((p) => p.name = "grains").getRoot();
-  await root.setQuota((p) => p.quotaBytes = 1n << 30n).promise();
-  const volume = root.factory().getFactory().newVolume().getVolume();
-  return await save(volume);
+  return (await newVolumeRefs(client, node, 1))[0];
 }

@@ -23,6 +23,7 @@
 import { z } from "zod";
 import { runService } from "../runtime/service.ts";
 import { BLOCK_BYTES } from "./block_store.ts";
+import { ControlServer } from "./control.ts";
 import { BlockDaemon, type StoreOpener } from "./daemon.ts";
 import { DirectoryBlockStore } from "./directory_store.ts";
 import {
@@ -69,6 +70,13 @@ export const BlockdConfig = z.strictObject({
     /** With the storage store: the Volume's SturdyRef, base64. */
     volumeRef: z.string().min(1).optional(),
   })),
+  /** A control socket through which the worker attaches and detaches
+   * volumes at run time (control.ts); exports then live on
+   * `<socketDirectory>/slot-N.sock`, N < slots. */
+  control: z.strictObject({
+    socketPath: z.string().min(1),
+    slots: z.number().int().positive().max(4096),
+  }).optional(),
   leaseWaitMs: z.number().int().nonnegative().default(30_000),
   cache: z.strictObject({
     maxUnflushedMs: z.number().int().positive().default(1_000),
@@ -100,6 +108,7 @@ if (import.meta.main) {
     stopTimeoutMs: 60_000,
     async start(config, log) {
       const sizes = new Map(config.grains.map((g) => [g.name, g.sizeBytes]));
+      const refs = new Map<string, Uint8Array>();
       const store = config.store;
       let openStore: StoreOpener;
       let leaseRenewMs: number;
@@ -125,7 +134,6 @@ if (import.meta.main) {
       } else {
         // Every ref is checked before anything starts: a typo fails the
         // start with the grain's name, not a half-started daemon.
-        const refs = new Map<string, Uint8Array>();
         for (const grain of config.grains) {
           if (grain.volumeRef === undefined) {
             throw new VolumeRefError(
@@ -154,9 +162,35 @@ if (import.meta.main) {
         log,
         openStore,
       });
+      let control: Deno.Listener | undefined;
       try {
         for (const grain of config.grains) await daemon.startGrain(grain.name);
+        if (config.control) {
+          await Deno.remove(config.control.socketPath).catch(() => {});
+          control = Deno.listen({
+            transport: "unix",
+            path: config.control.socketPath,
+          });
+          await Deno.chmod(config.control.socketPath, 0o600);
+          new ControlServer({
+            daemon,
+            slots: config.control.slots,
+            register: (name, sizeBytes, volumeRef) => {
+              const ref = decodeVolumeRef(volumeRef);
+              sizes.set(name, sizeBytes);
+              refs.set(name, ref);
+            },
+            unregister: (name) => {
+              sizes.delete(name);
+              refs.delete(name);
+            },
+            log,
+          }).serve(control).catch((error) =>
+            log.error("control-failed", { error })
+          );
+        }
       } catch (error) {
+        control?.close();
         await daemon.stop().catch(() => {});
         await nodes?.close();
         throw error;
@@ -164,6 +198,7 @@ if (import.meta.main) {
       return {
         async stop() {
           try {
+            control?.close();
             await daemon.stop();
           } finally {
             await nodes?.close();

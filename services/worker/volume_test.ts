@@ -11,7 +11,7 @@ import { vatIdHex } from "../rpc/vat_id.ts";
 import { buildTestApps } from "../../tests/apps/build.ts";
 import {
   makeDaemonVat,
-  newVolumeRef,
+  newVolumeRefs,
   startStorageNode,
 } from "../blockd/_storage_testing.ts";
 import { unmountUnder } from "../blockd/_testing.ts";
@@ -57,27 +57,29 @@ Deno.test({
       const node = await startStorageNode(cluster, [daemonVat]);
       const client = await StorageClient.create(cluster.client);
       const log = new Logger({ role: "worker", level: "error" });
-      const openManager = (name: string) =>
-        GrainManager.open({
+      const volumeSets: BlockVolumes[] = [];
+      const openManager = async (name: string) => {
+        const volumes = await BlockVolumes.start({
+          stateDir: `${dir}/${name}`,
+          vatKeyFile: keyFile,
+          nodes: [{ vatId: vatIdHex(node.vatId), address: node.address }],
+          holder: name,
+          log,
+        });
+        volumeSets.push(volumes);
+        return await GrainManager.open({
           stateDir: `${dir}/${name}`,
           uidFirst: 62000 + (Deno.pid % 40) * 20,
           uidCount: 20,
           cgroupName: `blackrock-volume-test-${name}-${Deno.pid}`,
           defaultMemoryBytes: 128 << 20,
           tmpBytes: 8 << 20,
-          volumes: new BlockVolumes({
-            stateDir: `${dir}/${name}`,
-            vatKeyFile: keyFile,
-            nodes: [{ vatId: vatIdHex(node.vatId), address: node.address }],
-            holder: name,
-            log,
-          }),
+          volumes,
         }, log);
+      };
       try {
-        const volume = {
-          ref: await newVolumeRef(client, node),
-          sizeBytes: SIZE_BYTES,
-        };
+        const [ref1, ref2] = await newVolumeRefs(client, node, 2);
+        const volume = { ref: ref1, sizeBytes: SIZE_BYTES };
         const spk = await Deno.readFile(apps.notesSpk);
 
         const first = await openManager("worker-a");
@@ -112,15 +114,33 @@ Deno.test({
             isNew: true,
             volume,
           });
+          // A second grain on its own volume, through the same daemon.
+          const other = await second.start({
+            grainId: "notes-2",
+            packageId: pkg.packageId,
+            isNew: true,
+            volume: { ref: ref2, sizeBytes: SIZE_BYTES },
+          });
+          assert.equal(
+            (await call(other, "PUT", "/notes/other", "second")).status,
+            201,
+          );
           assert.deepEqual(await call(supervisor, "GET", "/notes/kept"), {
             status: 200,
             text: "on storage",
           });
+          assert.equal((await call(other, "GET", "/notes/kept")).status, 404);
+          assert.equal(
+            (await call(other, "GET", "/notes/other")).text,
+            "second",
+          );
           await second.stop("notes-1");
+          await second.stop("notes-2");
         } finally {
           await second.close();
         }
       } finally {
+        for (const volumes of volumeSets) await volumes.close();
         await unmountUnder(dir);
         await client.close();
         await node.kill("SIGTERM");

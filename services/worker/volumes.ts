@@ -3,19 +3,18 @@
  * (named by its SturdyRef) as an ext4 filesystem through the block daemon
  * (services/blockd/), and detaches it when the grain stops.
  *
- * Design: one block daemon process per attached grain, started by the
- * worker with a configuration file naming just that grain's volume (mode
- * 0600 under the worker's state folder, since it holds the ref). So the
- * ref reaches the daemon without a control protocol, and a daemon that
- * dies takes only its own grain down. The cost is one Deno process per
- * running grain; a shared daemon with a control socket would save that
- * memory at the price of a new protocol.
+ * Design: one block daemon process per worker (one storage vat: two
+ * processes may not share a vat ID on the sealed UDP network), started by
+ * the worker with a configuration naming no grain, and a control socket
+ * (services/blockd/control.ts) on which the worker hands over each
+ * volume's SturdyRef when its grain starts. The socket and the daemon's
+ * files are private to the worker (mode 0700 directory).
  *
  * Detaching unmounts the filesystem (the kernel flushes), takes the device
- * down, sends a last NBD FLUSH (services/blockd/attach.ts), then stops the
- * daemon with SIGTERM, which writes every dirty block back to storage and
- * exits 0 only if that worked. So a detach that resolves means the grain's
- * data is durable on the storage nodes.
+ * down, sends a last NBD FLUSH (services/blockd/attach.ts), then asks the
+ * daemon to detach, which answers only once every dirty block is written
+ * back to storage and the lease is given up. So a detach that resolves
+ * means the grain's data is durable on the storage nodes.
  *
  * @module
  */
@@ -24,6 +23,7 @@ import type { Logger } from "../runtime/log.ts";
 import { roleCommand } from "../runtime/permissions.ts";
 import { attach, type Attachment } from "../blockd/attach.ts";
 import { encodeVolumeRef } from "../blockd/storage_nodes.ts";
+import { slotName } from "../blockd/control.ts";
 
 /** Programs attaching runs (the nbdfuse path and the kernel NBD path). */
 export const ATTACH_PROGRAMS = [
@@ -50,6 +50,8 @@ export interface BlockVolumesOptions {
   deno?: string;
   /** Daemon cache tuning passed through (services/blockd/main.ts). */
   cache?: Record<string, number>;
+  /** Volumes attached at once (the daemon's socket slots); 64. */
+  slots?: number;
   /** Force an attach path (tests). */
   method?: "kernel-nbd" | "nbdfuse-loop";
   log: Logger;
@@ -89,20 +91,88 @@ const projectRoot = new URL("../..", import.meta.url).pathname.replace(
 /** See the module documentation. */
 export class BlockVolumes {
   readonly options: BlockVolumesOptions;
+  readonly #controlPath: string;
+  readonly #child: Deno.ChildProcess;
+  readonly #status: Promise<Deno.CommandStatus>;
+  #exited = false;
 
-  constructor(options: BlockVolumesOptions) {
+  private constructor(
+    options: BlockVolumesOptions,
+    controlPath: string,
+    child: Deno.ChildProcess,
+  ) {
     this.options = options;
+    this.#controlPath = controlPath;
+    this.#child = child;
+    this.#status = child.status.then((status) => {
+      this.#exited = true;
+      return status;
+    });
   }
 
-  /** The hosts of the storage nodes, for the daemon's --allow-net. */
-  #storageHosts(): string[] {
-    return [
-      ...new Set(
-        this.options.nodes.map((n) =>
-          n.address.slice(0, n.address.lastIndexOf(":"))
-        ),
-      ),
-    ];
+  /** Starts the worker's block daemon and waits for its control socket. */
+  static async start(options: BlockVolumesOptions): Promise<BlockVolumes> {
+    const dir = `${options.stateDir}/blockd`;
+    const sockets = `${dir}/sockets`;
+    const controlPath = `${dir}/control.sock`;
+    const slots = options.slots ?? 64;
+    // The cache of an earlier daemon is dropped: after a restart the
+    // daemon trusts only storage.
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    const configFile = `${dir}/blockd.json`;
+    const config = {
+      socketDirectory: sockets,
+      cacheDirectory: `${dir}/cache`,
+      holder: options.holder,
+      store: {
+        kind: "storage",
+        vatKeyFile: options.vatKeyFile,
+        nodes: options.nodes,
+      },
+      grains: [],
+      control: { socketPath: controlPath, slots },
+      ...(options.cache ? { cache: options.cache } : {}),
+    };
+    await Deno.writeTextFile(configFile, JSON.stringify(config), {
+      mode: 0o600,
+    });
+    const hosts = new Set(
+      options.nodes.map((n) => n.address.slice(0, n.address.lastIndexOf(":"))),
+    );
+    const [command, ...args] = roleCommand({
+      deno: options.deno ?? Deno.execPath(),
+      entry: blockdEntry,
+      configFile,
+      permissions: {
+        read: [projectRoot, dir, options.vatKeyFile],
+        write: [dir],
+        net: [
+          `unix:${controlPath}`,
+          ...Array.from(
+            { length: slots },
+            (_, i) => `unix:${sockets}/${slotName(i)}.sock`,
+          ),
+          ...hosts,
+        ],
+        ffi: [libraryPath],
+      },
+    });
+    const child = new Deno.Command(command, {
+      args,
+      cwd: projectRoot,
+      stdin: "null",
+      stdout: "null",
+      stderr: "inherit",
+    }).spawn();
+    const volumes = new BlockVolumes(options, controlPath, child);
+    try {
+      await waitForSocket(controlPath, () => volumes.#exited, 30_000);
+    } catch (error) {
+      await volumes.close().catch(() => {});
+      throw new VolumeAttachError(`block daemon did not start: ${error}`);
+    }
+    return volumes;
   }
 
   /** Attaches `grainId`'s volume at `mountPoint`. */
@@ -111,84 +181,34 @@ export class BlockVolumes {
     volume: VolumeSpec,
     mountPoint: string,
   ): Promise<AttachedVolume> {
-    const dir = `${this.options.stateDir}/blockd/${grainId}`;
-    const sockets = `${dir}/sockets`;
-    const socketPath = `${sockets}/${grainId}.sock`;
-    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-    // A cache left by an earlier daemon of this grain is dropped: the
-    // daemon trusts only storage after a restart elsewhere.
-    await Deno.remove(`${dir}/cache`, { recursive: true }).catch(() => {});
-    await Deno.remove(socketPath).catch(() => {});
-    const configFile = `${dir}/blockd.json`;
-    const config = {
-      socketDirectory: sockets,
-      cacheDirectory: `${dir}/cache`,
-      holder: this.options.holder,
-      store: {
-        kind: "storage",
-        vatKeyFile: this.options.vatKeyFile,
-        nodes: this.options.nodes,
-      },
-      grains: [{
-        name: grainId,
-        sizeBytes: volume.sizeBytes,
-        volumeRef: encodeVolumeRef(volume.ref),
-      }],
-      ...(this.options.cache ? { cache: this.options.cache } : {}),
-    };
-    await Deno.writeTextFile(configFile, JSON.stringify(config), {
-      mode: 0o600,
-    });
-    const [command, ...args] = roleCommand({
-      deno: this.options.deno ?? Deno.execPath(),
-      entry: blockdEntry,
-      configFile,
-      permissions: {
-        read: [projectRoot, dir, this.options.vatKeyFile],
-        write: [dir],
-        net: [`unix:${socketPath}`, ...this.#storageHosts()],
-        ffi: [libraryPath],
-      },
-    });
     const log = this.options.log.with({ grainId });
-    const child = new Deno.Command(command, {
-      args,
-      cwd: projectRoot,
-      stdin: "null",
-      stdout: "null",
-      stderr: "inherit",
-    }).spawn();
-    let exited = false;
-    const status = child.status.then((s) => {
-      exited = true;
-      return s;
+    const reply = await this.#request({
+      op: "attach",
+      grain: grainId,
+      sizeBytes: volume.sizeBytes,
+      volumeRef: encodeVolumeRef(volume.ref),
     });
-    const kill = async () => {
-      if (!exited) child.kill("SIGKILL");
-      await status;
-    };
-
+    const socketPath = String(reply.socketPath);
+    const exportName = String(reply.exportName);
     let attachment: Attachment;
     try {
-      await waitForSocket(socketPath, () => exited, 30_000);
       attachment = await attach({
         socketPath,
-        exportName: grainId,
+        exportName,
         mountPoint,
-        workDirectory: `${dir}/attach`,
+        workDirectory: `${this.options.stateDir}/blockd-attach/${grainId}`,
         formatIfNew: true,
         method: this.options.method,
         log,
       });
     } catch (error) {
-      await kill();
+      await this.#request({ op: "detach", grain: grainId }).catch(() => {});
       throw new VolumeAttachError(
         `cannot attach the volume of grain ${grainId}: ${error}`,
         { cause: error },
       );
     }
     log.info("volume-attached", { formatted: attachment.formatted });
-
     let detached = false;
     return {
       mountPoint,
@@ -196,20 +216,60 @@ export class BlockVolumes {
       detach: async () => {
         if (detached) return;
         await attachment.detach();
-        if (!exited) child.kill("SIGTERM");
-        const { code } = await status;
+        await this.#request({ op: "detach", grain: grainId });
         detached = true;
-        if (code !== 0) {
-          throw new VolumeAttachError(
-            `block daemon of grain ${grainId} exited with ${code} on detach`,
-          );
-        }
         log.info("volume-detached", {});
       },
     };
   }
-}
 
+  /** Stops the daemon (it writes every attached volume back first);
+   * throws if it did not exit cleanly. */
+  async close(): Promise<void> {
+    if (!this.#exited) this.#child.kill("SIGTERM");
+    const { code } = await this.#status;
+    if (code !== 0) {
+      throw new VolumeAttachError(`block daemon exited with ${code}`);
+    }
+  }
+
+  /** One request on a connection of its own; throws on an error reply. */
+  async #request(
+    request: Record<string, unknown>,
+  ): Promise<Record<string, unknown>> {
+    const conn = await Deno.connect({
+      transport: "unix",
+      path: this.#controlPath,
+    });
+    try {
+      const bytes = new TextEncoder().encode(JSON.stringify(request) + "\n");
+      for (let at = 0; at < bytes.length;) {
+        at += await conn.write(bytes.subarray(at));
+      }
+      let text = "";
+      const decoder = new TextDecoder();
+      const buffer = new Uint8Array(4096);
+      while (!text.includes("\n")) {
+        const count = await conn.read(buffer);
+        if (count === null) {
+          throw new VolumeAttachError(
+            `block daemon closed the control connection during ${request.op}`,
+          );
+        }
+        text += decoder.decode(buffer.subarray(0, count), { stream: true });
+      }
+      const reply = JSON.parse(text.slice(0, text.indexOf("\n")));
+      if (reply.ok !== true) {
+        throw new VolumeAttachError(
+          `block daemon refused ${request.op} of ${request.grain}: ${reply.error}`,
+        );
+      }
+      return reply;
+    } finally {
+      conn.close();
+    }
+  }
+}
 async function waitForSocket(
   path: string,
   exited: () => boolean,
