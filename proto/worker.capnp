@@ -21,6 +21,13 @@ struct GrainSpec {
   volumeDir @3 :Text;
   # Where the grain's volume is mounted on the worker (the NBD-attached
   # ext4); empty keeps it in a directory of the worker's own state.
+  volumeRef @4 :Data;
+  # The grain's storage Volume: its SturdyRef, sealed to the storage zone.
+  # When set, the worker attaches it through its block daemon as the
+  # grain's /var (and volumeDir must be empty); a volume that already
+  # holds a filesystem never gets the "new" action.
+  volumeSizeBytes @5 :UInt64;
+  # Size of the volume's block device; 0 takes the worker's default.
 }
 
 enum GrainState {

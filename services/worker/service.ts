@@ -12,6 +12,7 @@ import type { Logger } from "../runtime/log.ts";
 import { SpkError } from "../spk/mod.ts";
 import { GrainHost } from "../../proto/gen/coordinator.ts";
 import { UiView } from "../../proto/gen/sandstorm/grain.ts";
+import type { VolumeSpec } from "./volumes.ts";
 import {
   GrainSpec,
   GrainState,
@@ -64,6 +65,9 @@ export function decodeGrainSpec(bytes: Uint8Array): {
   isNew: boolean;
   memoryBytes: number;
   volumeDir: string;
+  /** The storage Volume's SturdyRef; empty when the spec names none. */
+  volumeRef: Uint8Array;
+  volumeSizeBytes: number;
 } {
   try {
     const spec = new $.Message(bytes, false).getRoot(GrainSpec);
@@ -72,6 +76,8 @@ export function decodeGrainSpec(bytes: Uint8Array): {
       isNew: spec.isNew,
       memoryBytes: Number(spec.memoryBytes),
       volumeDir: spec.volumeDir,
+      volumeRef: spec.volumeRef.toUint8Array().slice(),
+      volumeSizeBytes: Number(spec.volumeSizeBytes),
     };
   } catch (error) {
     throw new rpc.RpcError("failed", `grain spec is malformed: ${error}`);
@@ -84,6 +90,8 @@ export function encodeGrainSpec(spec: {
   isNew: boolean;
   memoryBytes?: number;
   volumeDir?: string;
+  volumeRef?: Uint8Array;
+  volumeSizeBytes?: number;
 }): Uint8Array {
   const message = new $.Message();
   const root = message.initRoot(GrainSpec);
@@ -91,7 +99,19 @@ export function encodeGrainSpec(spec: {
   root.isNew = spec.isNew;
   root.memoryBytes = BigInt(spec.memoryBytes ?? 0);
   root.volumeDir = spec.volumeDir ?? "";
+  if (spec.volumeRef?.length) {
+    root._initVolumeRef(spec.volumeRef.length).copyBuffer(spec.volumeRef);
+  }
+  root.volumeSizeBytes = BigInt(spec.volumeSizeBytes ?? 0);
   return new Uint8Array(message.toArrayBuffer());
+}
+
+/** The storage volume a spec names, if any. */
+function volumeOf(
+  ref: Uint8Array,
+  sizeBytes: number,
+): VolumeSpec | undefined {
+  return ref.length > 0 ? { ref, sizeBytes } : undefined;
 }
 
 async function isEmptyDirectory(path: string): Promise<boolean> {
@@ -121,6 +141,10 @@ export function workerCapability(
         isNew,
         memoryBytes: Number(spec.memoryBytes) || undefined,
         volumeDir: spec.volumeDir || undefined,
+        volume: volumeOf(
+          spec.volumeRef.toUint8Array().slice(),
+          Number(spec.volumeSizeBytes),
+        ),
       });
     // Results own what they carry: hand over a reference of our own.
     return new UiView.Client(rpc.retain(supervisor.uiView).client);
@@ -194,13 +218,17 @@ export function workerCapability(
         const spec = decodeGrainSpec(params.spec.toUint8Array().slice());
         const volumeDir = spec.volumeDir ||
           `${manager.options.stateDir}/grains/${params.grainId}/volume`;
-        const isNew = spec.isNew && await isEmptyDirectory(volumeDir);
+        const volume = volumeOf(spec.volumeRef, spec.volumeSizeBytes);
+        // A storage volume is checked by the manager once attached.
+        const isNew = spec.isNew &&
+          (volume !== undefined || await isEmptyDirectory(volumeDir));
         await manager.start({
           grainId: params.grainId,
           packageId: spec.packageId,
           isNew,
           memoryBytes: spec.memoryBytes || undefined,
           volumeDir: spec.volumeDir || undefined,
+          volume,
         });
         log.info("grain-host-start", {
           grainId: params.grainId,

@@ -23,6 +23,7 @@ import {
 import { GrainManager } from "./grains.ts";
 import type { GrainSupervisor } from "./supervisor.ts";
 import { BlockVolumes } from "./volumes.ts";
+import { decodeGrainSpec, encodeGrainSpec } from "./service.ts";
 
 const apps = await buildTestApps();
 const SIZE_BYTES = 64 * 1024 * 1024;
@@ -148,4 +149,20 @@ Deno.test({
         await Deno.remove(cluster.dir, { recursive: true });
       }
     }),
+});
+
+Deno.test("a grain spec carries a storage volume's ref and size", () => {
+  const ref = crypto.getRandomValues(new Uint8Array(200));
+  const spec = decodeGrainSpec(encodeGrainSpec({
+    packageId: "p",
+    isNew: true,
+    volumeRef: ref,
+    volumeSizeBytes: 1 << 26,
+  }));
+  assert.deepEqual(spec.volumeRef, ref);
+  assert.equal(spec.volumeSizeBytes, 1 << 26);
+  const plain = decodeGrainSpec(
+    encodeGrainSpec({ packageId: "p", isNew: false }),
+  );
+  assert.equal(plain.volumeRef.length, 0);
 });

@@ -50,6 +50,8 @@ export interface BlockVolumesOptions {
   deno?: string;
   /** Daemon cache tuning passed through (services/blockd/main.ts). */
   cache?: Record<string, number>;
+  /** Size of a volume whose spec gives none; 1 GiB. */
+  defaultVolumeBytes?: number;
   /** Volumes attached at once (the daemon's socket slots); 64. */
   slots?: number;
   /** Force an attach path (tests). */
@@ -61,6 +63,7 @@ export interface BlockVolumesOptions {
 export interface VolumeSpec {
   /** The Volume's SturdyRef (sealed to the storage zone). */
   ref: Uint8Array;
+  /** Size of the block device; 0 takes the worker's default. */
   sizeBytes: number;
 }
 
@@ -185,7 +188,8 @@ export class BlockVolumes {
     const reply = await this.#request({
       op: "attach",
       grain: grainId,
-      sizeBytes: volume.sizeBytes,
+      sizeBytes: volume.sizeBytes ||
+        (this.options.defaultVolumeBytes ?? 1 << 30),
       volumeRef: encodeVolumeRef(volume.ref),
     });
     const socketPath = String(reply.socketPath);
