@@ -34,6 +34,7 @@ import {
 } from "./pages.ts";
 import { hashPassword, randomHostLabel, randomToken } from "./password.ts";
 import { verifyPassword } from "./password.ts";
+import { SignInThrottle } from "./sign_in_throttle.ts";
 import {
   type AppRole,
   ConflictError,
@@ -63,6 +64,20 @@ export interface ShellOptions {
   /** Other roles' processes for the admin page (the gateway's, for
    * example), fetched when the page is shown. */
   otherReplicas?: () => Promise<Replica[]>;
+  /** Limits on failed sign-ins (sign_in_throttle.ts). */
+  signInThrottle?: SignInThrottle;
+}
+
+/** The client's address: the last X-Forwarded-For entry, which nginx sets
+ * to the peer it saw (the shell is reached only through the gateway), else
+ * the peer of this connection. */
+function clientAddress(request: Request, info?: Deno.ServeHandlerInfo) {
+  const forwarded = request.headers.get("x-forwarded-for");
+  if (forwarded !== null && forwarded.trim() !== "") {
+    return forwarded.split(",").at(-1)!.trim().slice(0, 64);
+  }
+  const peer = info?.remoteAddr;
+  return peer !== undefined && "hostname" in peer ? peer.hostname : "unknown";
 }
 
 const FORM_LIMIT_BYTES = 64 * 1024;
@@ -188,6 +203,7 @@ export function createShellHandler(options: ShellOptions) {
   const loginSessionMs = options.loginSessionMs ?? 14 * 24 * 3600_000;
   const grainSessionMs = options.grainSessionMs ?? 3600_000;
   const scheme = secure ? "https" : "http";
+  const throttle = options.signInThrottle ?? new SignInThrottle();
 
   function sessionCookie(value: string, maxAgeSeconds: number): string {
     return `${cookieName}=${value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${maxAgeSeconds}${
@@ -374,18 +390,38 @@ export function createShellHandler(options: ShellOptions) {
     }));
   }
 
-  async function login(request: Request): Promise<Response> {
+  async function login(
+    request: Request,
+    info?: Deno.ServeHandlerInfo,
+  ): Promise<Response> {
     if (request.method === "GET") return htmlResponse(loginPage());
     const form = await readForm(request, undefined);
-    const name = (form.get("name") ?? "").trim().toLowerCase();
+    const name = (form.get("name") ?? "").trim().toLowerCase().slice(0, 100);
     const password = form.get("password") ?? "";
+    const address = clientAddress(request, info);
+    const waitMs = throttle.waitMs(name, address);
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000);
+      log.info("sign-in-throttled", { name, address, seconds });
+      return htmlResponse(
+        loginPage(
+          `Too many failed sign-ins for this account or from your address. Try again in ${seconds} second${
+            seconds === 1 ? "" : "s"
+          }.`,
+        ),
+        429,
+        { "retry-after": String(seconds) },
+      );
+    }
     const user = await repo.getUserByName(name);
     if (
       user === undefined || !(await verifyPassword(password, user.passwordHash))
     ) {
-      log.info("sign-in-refused", { name });
+      throttle.failed(name, address);
+      log.info("sign-in-refused", { name, address });
       return htmlResponse(loginPage("Wrong user name or password."), 401);
     }
+    throttle.succeeded(name);
     const secret = randomToken(32);
     const now = Date.now();
     await repo.createLoginSession({
@@ -744,14 +780,17 @@ export function createShellHandler(options: ShellOptions) {
     }));
   }
 
-  return async function handle(request: Request): Promise<Response> {
+  return async function handle(
+    request: Request,
+    info?: Deno.ServeHandlerInfo,
+  ): Promise<Response> {
     const url = new URL(request.url);
     const path = url.pathname;
     const method = request.method;
     try {
       if (path === "/healthz") return new Response("ok");
       if (path === "/" && method === "GET") return await home(request);
-      if (path === "/login") return await login(request);
+      if (path === "/login") return await login(request, info);
       if (path === "/logout" && method === "POST") return await logout(request);
       if (path === "/upload" && method === "POST") return await upload(request);
       if (path === "/admin" || path.startsWith("/admin/")) {

@@ -16,7 +16,13 @@ import {
 import { PackageStore, spkVerifier } from "./packages.ts";
 import { hashPassword, verifyPassword } from "./password.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
-import { createShellHandler, createUser, lookupRoute } from "./server.ts";
+import {
+  createShellHandler,
+  createUser,
+  lookupRoute,
+  type ShellOptions,
+} from "./server.ts";
+import { SignInThrottle } from "./sign_in_throttle.ts";
 
 const BASE = "https://shell.test:8443";
 
@@ -36,7 +42,7 @@ function recordingRunner(): GrainRunner & { opened: string[] } {
   };
 }
 
-async function setup() {
+async function setup(extra: Partial<ShellOptions> = {}) {
   const dir = await Deno.makeTempDir({ prefix: "shell-server-" });
   const repo = new SqliteRepository(`${dir}/shell.sqlite`);
   const runner = recordingRunner();
@@ -49,6 +55,7 @@ async function setup() {
     baseUrl: BASE,
     grainHostSuffix: "shell.test:8443",
     defaultQuotaBytes: 1000,
+    ...extra,
   });
   await createUser(repo, {
     name: "alice",
@@ -366,6 +373,60 @@ Deno.test("a chunked sign-in form is cut off with 413 once it passes the limit",
     });
     assert.equal(response.status, 413);
     assert.ok(pulledBytes < 1024 * 1024, `read ${pulledBytes} bytes`);
+  } finally {
+    await world.done();
+  }
+});
+
+Deno.test("failed sign-ins lock the account, then the address, for a doubling time", async () => {
+  let nowMs = 1_000_000;
+  const world = await setup({
+    signInThrottle: new SignInThrottle(
+      { freeAccountFailures: 3, freeAddressFailures: 6, firstLockMs: 1000 },
+      () => nowMs,
+    ),
+  });
+  const attempt = (name: string, password: string, address: string) =>
+    world.call("/login", {
+      method: "POST",
+      headers: { "x-forwarded-for": address },
+      body: new URLSearchParams({ name, password }),
+    });
+  try {
+    for (let i = 0; i < 3; i++) {
+      const wrong = await attempt("alice", "guess", "10.0.0.1");
+      assert.equal(wrong.status, 401);
+    }
+    // Locked for 1 s: even the right password, from anywhere, must wait.
+    for (const address of ["10.0.0.1", "10.0.0.2"]) {
+      const locked = await attempt("alice", "alice-password", address);
+      assert.equal(locked.status, 429);
+      assert.equal(locked.headers.get("retry-after"), "1");
+      assert.match(await locked.text(), /Too many failed sign-ins.*1 second/);
+    }
+    nowMs += 1000;
+    assert.equal((await attempt("alice", "guess", "10.0.0.1")).status, 401);
+    const longer = await attempt("alice", "alice-password", "10.0.0.2");
+    assert.equal(longer.status, 429);
+    assert.equal(longer.headers.get("retry-after"), "2");
+    nowMs += 2000;
+    assert.equal(
+      (await attempt("alice", "alice-password", "10.0.0.2")).status,
+      303,
+    );
+    // The address that guessed four times may guess twice more at other
+    // accounts, then it is locked for every account.
+    for (const name of ["bob", "carol"]) {
+      assert.equal((await attempt(name, "x", "10.0.0.1")).status, 401);
+    }
+    assert.equal(
+      (await attempt("alice", "alice-password", "10.0.0.1")).status,
+      429,
+    );
+    assert.equal(
+      (await attempt("alice", "alice-password", "10.0.0.3")).status,
+      303,
+    );
   } finally {
     await world.done();
   }
