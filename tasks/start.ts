@@ -310,10 +310,13 @@ async function main(): Promise<number> {
       logSink,
     };
     await Deno.mkdir(dataDir, { recursive: true });
+    // Configs hold tokens: private to this user, also when they existed.
     await Deno.writeTextFile(
       context.configFile,
       JSON.stringify(role.config(context), null, 2) + "\n",
+      { mode: 0o600 },
     );
+    await Deno.chmod(context.configFile, 0o600);
     contexts.set(role.name, context);
   }
 

@@ -272,6 +272,10 @@ Deno.test({
       assert.match(accessLog, /GET \/shared\/- /);
       assert.ok(!accessLog.includes("sharetoken0123456789"), accessLog);
       assert.ok(!accessLog.includes("querysecret"), accessLog);
+      for (const path of ["", "/access.log", "/error.log", "/server.key"]) {
+        const { mode } = await Deno.stat(`${dir}${path}`);
+        assert.equal((mode ?? 0o777) & 0o077, 0, `${dir}${path} is private`);
+      }
 
       // Shell b leaves: requests go to a only, and nginx is reloaded
       // with a configuration that no longer names b.

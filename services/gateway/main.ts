@@ -104,7 +104,8 @@ if (import.meta.main) {
 
       if (config.nginx.enabled) {
         const dir = config.nginx.dir;
-        await Deno.mkdir(dir, { recursive: true });
+        await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+        await Deno.chmod(dir, 0o700);
         const certFile = config.nginx.certFile ?? `${dir}/server.pem`;
         const keyFile = config.nginx.keyFile ?? `${dir}/server.key`;
         await ensureCertificate(

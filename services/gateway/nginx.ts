@@ -194,6 +194,7 @@ export async function ensureCertificate(
     "-out",
     certFile,
   ]);
+  await Deno.chmod(keyFile, 0o600);
 }
 
 /** An nginx process run by the gateway, reloaded on configuration change. */
@@ -252,8 +253,23 @@ export class NginxProcess {
 
   /** Writes the configuration and starts nginx. */
   async start(shells: string[]): Promise<void> {
+    // The folder holds the TLS key, logs and request bodies in flight: it
+    // is private, and the logs are made private before nginx appends to
+    // them (nginx keeps the mode of a file that exists).
+    const dir = this.settings.dir;
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    await Deno.chmod(dir, 0o700);
     for (const kind of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) {
-      await Deno.mkdir(`${this.settings.dir}/tmp/${kind}`, { recursive: true });
+      await Deno.mkdir(`${dir}/tmp/${kind}`, { recursive: true, mode: 0o700 });
+    }
+    for (const log of ["access.log", "error.log"]) {
+      const file = await Deno.open(`${dir}/${log}`, {
+        append: true,
+        create: true,
+        mode: 0o600,
+      });
+      file.close();
+      await Deno.chmod(`${dir}/${log}`, 0o600);
     }
     await this.#write(shells);
     await this.#stopOrphan();

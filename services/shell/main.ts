@@ -92,8 +92,17 @@ async function openRepository(config: ShellConfig): Promise<ShellRepository> {
   }
   const path = config.database.path;
   const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
-  await Deno.mkdir(dir, { recursive: true });
-  return new SqliteRepository(path);
+  // Password hashes and session ids: the folder and the database files
+  // (with SQLite's journals) are for this user alone.
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  await Deno.chmod(dir, 0o700);
+  const repo = new SqliteRepository(path);
+  for (const file of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) {
+    await Deno.chmod(file, 0o600).catch((error) => {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    });
+  }
+  return repo;
 }
 
 /** Creates the first admin if there are no users; prints the password. */

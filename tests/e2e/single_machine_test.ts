@@ -72,6 +72,20 @@ Deno.test({
       await launcher.waitForLine(/grains on the worker at 127\.0\.0\.1:\d+/);
       const [, password] = await launcher.waitForLine(/Password: (\S+)/);
       await launcher.waitForLine(/all roles started/, 60_000);
+      // Tokens, password hashes and logs are private to the service user.
+      for (
+        const path of [
+          "shell/config.json",
+          "gateway/config.json",
+          "shell/shell.sqlite",
+          "gateway/nginx",
+          "gateway/nginx/access.log",
+          "gateway/nginx/server.key",
+        ]
+      ) {
+        const { mode } = await Deno.stat(`${dataDir}/${path}`);
+        assert.equal((mode ?? 0o777) & 0o077, 0, `${path} is private`);
+      }
 
       const page = browser.page;
       for (let i = 0;; i++) {
