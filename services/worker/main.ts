@@ -26,6 +26,7 @@ import type { Logger } from "../runtime/log.ts";
 import { Coordinator, GrainHost } from "../../proto/gen/coordinator.ts";
 import { GrainManager } from "./grains.ts";
 import { listenWorker, workerCapability } from "./service.ts";
+import { BlockVolumes } from "./volumes.ts";
 
 const address = z.strictObject({
   hostname: z.string(),
@@ -56,6 +57,20 @@ export const workerConfig = z.strictObject({
   coordinators: z.array(address).default([]),
   workerId: z.string().default(""),
   heartbeatIntervalMs: z.number().int().positive().default(1000),
+  /** Grain volumes on storage (GrainSpec.volumeRef): the block daemon
+   * this worker runs, its vat key (a presenter of the storage zone) and
+   * the storage nodes. Without it, grains keep /var in directories. */
+  blockd: z.strictObject({
+    vatKeyFile: z.string().min(1),
+    storageNodes: z.array(z.strictObject({
+      vatId: z.string().regex(/^[0-9a-f]{64}$/),
+      address: z.string().min(1),
+    })).min(1),
+    /** Volumes attached at once. */
+    slots: z.number().int().positive().max(1024).default(64),
+    defaultVolumeBytes: z.number().int().positive().multipleOf(4096)
+      .default(1 << 30),
+  }).optional(),
   /** Set by the machine agent; accepted so that the agent's standard
    * overrides do not make the configuration invalid. */
   vatKeyFile: z.string().optional(),
@@ -116,6 +131,17 @@ if (import.meta.main) {
     role: "worker",
     config: workerConfig,
     async start(config, log) {
+      const volumes = config.blockd
+        ? await BlockVolumes.start({
+          stateDir: config.stateDir,
+          vatKeyFile: config.blockd.vatKeyFile,
+          nodes: config.blockd.storageNodes,
+          holder: config.workerId || `worker-${Deno.pid}`,
+          slots: config.blockd.slots,
+          defaultVolumeBytes: config.blockd.defaultVolumeBytes,
+          log,
+        })
+        : undefined;
       const manager = await GrainManager.open({
         stateDir: config.stateDir,
         uidFirst: config.uidFirst,
@@ -124,6 +150,7 @@ if (import.meta.main) {
         defaultMemoryBytes: config.defaultMemoryBytes,
         tmpBytes: config.tmpBytes,
         warmPerPackage: config.warmPerPackage,
+        volumes,
       }, log);
       const cap = workerCapability(manager, log);
       const listener = listenWorker(cap, config.listen, log);
@@ -143,6 +170,7 @@ if (import.meta.main) {
           listener.close();
           cap.close();
           await manager.close();
+          await volumes?.close();
         },
       };
     },

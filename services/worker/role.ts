@@ -8,6 +8,8 @@
  */
 import type { RolePermissions } from "../runtime/permissions.ts";
 import { LIBC_PATH } from "./kernel_files.ts";
+import { slotName } from "../blockd/control.ts";
+import { ATTACH_PROGRAMS } from "./volumes.ts";
 
 /** The worker's permissions: its RPC port on loopback and its grains' fd-3
  * socket, its state folder (packages, volumes), its configuration file,
@@ -17,15 +19,35 @@ export function workerPermissions(options: {
   stateDir: string;
   readFiles?: string[];
   netHosts?: string[];
+  /** With grain volumes on storage (the `blockd` configuration): the
+   * worker starts the block daemon with `deno` and attaches volumes. */
+  blockVolumes?: { deno: string; slots: number };
 }): RolePermissions {
+  const blockd = options.blockVolumes;
+  const sockets = `${options.stateDir}/blockd`;
   return {
     net: [
       ...(options.netHosts ?? ["127.0.0.1"]),
       `unix:${options.stateDir}/api.sock`,
+      ...(blockd
+        ? [
+          `unix:${sockets}/control.sock`,
+          ...Array.from(
+            { length: blockd.slots },
+            (_, i) => `unix:${sockets}/sockets/${slotName(i)}.sock`,
+          ),
+        ]
+        : []),
     ],
     read: [options.stateDir, ...(options.readFiles ?? [])],
     write: [options.stateDir],
-    run: ["bash", "chown", "sync", "xz"],
+    run: [
+      "bash",
+      "chown",
+      "sync",
+      "xz",
+      ...(blockd ? [blockd.deno, "blkid", ...ATTACH_PROGRAMS] : []),
+    ],
     ffi: [LIBC_PATH],
     sys: ["systemMemoryInfo", "loadavg"],
   };
