@@ -79,9 +79,23 @@ async function command(program: string, args: string[]): Promise<string> {
   return text.decode(output.stdout);
 }
 
-/** Whether this kernel has the NBD driver loaded. */
+/** Whether this kernel has the NBD driver loaded. A process with scoped
+ * permissions (the worker) may not even stat a device file, so it asks
+ * `test` instead of taking the refusal for "no driver". */
 export async function kernelHasNbd(): Promise<boolean> {
-  return await Deno.stat("/dev/nbd0").then(() => true, () => false);
+  try {
+    await Deno.stat("/dev/nbd0");
+    return true;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotCapable)) return false;
+  }
+  const probe = await new Deno.Command("test", {
+    args: ["-e", "/dev/nbd0"],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  return probe.success;
 }
 
 /** Whether `device` holds an ext2/3/4 filesystem, as `blkid` probes it.

@@ -46,7 +46,7 @@ export function workerPermissions(options: {
       "chown",
       "sync",
       "xz",
-      ...(blockd ? [blockd.deno, "blkid", ...ATTACH_PROGRAMS] : []),
+      ...(blockd ? [blockd.deno, ...ATTACH_PROGRAMS] : []),
     ],
     ffi: [LIBC_PATH],
     sys: ["systemMemoryInfo", "loadavg"],

@@ -34,6 +34,8 @@ export const ATTACH_PROGRAMS = [
   "mount",
   "umount",
   "nbd-client",
+  "blkid",
+  "test",
 ];
 
 /** Where the block daemons find the storage zone. */
