@@ -13,7 +13,12 @@ import { z } from "zod";
 import { runService } from "../runtime/service.ts";
 import type { Logger } from "../runtime/log.ts";
 import { HttpGrainRunner, noRunner } from "./grain_runner.ts";
-import { PackageStore, spkVerifier } from "./packages.ts";
+import {
+  DEFAULT_MAX_UNPACKED_BYTES,
+  PackageStore,
+  spkVerifierWith,
+  uploadLimits,
+} from "./packages.ts";
 import { WorkerGrainRunner } from "./worker_client.ts";
 import { ClusterGrainRunner } from "./cluster_runner.ts";
 import { randomToken } from "./password.ts";
@@ -49,6 +54,10 @@ export const shellConfig = z.strictObject({
   ]).default({ kind: "sqlite", path: ".data/shell/shell.sqlite" }),
   packageDir: z.string().default(".data/shell/packages"),
   maxUploadBytes: z.number().int().positive().default(GiB),
+  /** What an uploaded package may unpack to (packages.ts). */
+  maxUnpackedBytes: z.number().int().positive().default(
+    DEFAULT_MAX_UNPACKED_BYTES,
+  ),
   defaultQuotaBytes: z.number().int().nonnegative().default(10 * GiB),
   runner: z.discriminatedUnion("kind", [
     z.strictObject({ kind: z.literal("none") }),
@@ -171,7 +180,7 @@ if (import.meta.main) {
       const handler = createShellHandler({
         repo,
         packages,
-        verifier: spkVerifier,
+        verifier: spkVerifierWith(uploadLimits(config.maxUnpackedBytes)),
         runner,
         log,
         baseUrl: config.baseUrl,

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { readSpk } from "../spk/read.ts";
+import { DEFAULT_LIMITS, readSpk, type SpkLimits } from "../spk/read.ts";
 import { SpkError } from "../spk/errors.ts";
 import type { AppRole, PackageInfo } from "./repo/types.ts";
 
@@ -58,32 +58,67 @@ const SPK_MESSAGES: Record<string, string> = {
   "bad-manifest": "This package has no valid manifest.",
 };
 
-/** The verifier backed by services/spk/read.ts. */
-export const spkVerifier: PackageVerifier = {
-  async verify(path) {
-    try {
-      const spk = await readSpk(path);
-      const firstAction = spk.manifest.actions[0];
-      return {
-        packageId: spk.packageId,
-        appId: spk.appId,
-        title: spk.manifest.appTitle || "Untitled app",
-        version: spk.manifest.appMarketingVersion ||
-          String(spk.manifest.appVersion),
-        newGrainTitle: firstAction?.nounPhrase
-          ? `Untitled ${firstAction.nounPhrase}`
-          : `Untitled ${spk.manifest.appTitle || "grain"}`,
-        roles: DEFAULT_ROLES,
-      };
-    } catch (error) {
-      if (error instanceof SpkError) {
-        const text = SPK_MESSAGES[error.kind] ?? "This package is invalid.";
-        throw new UploadError(`${text} (${error.message})`);
-      }
-      throw error;
+/** What an uploaded package may unpack to by default. The reader holds
+ * the whole decompressed archive in memory (about twice over while it
+ * walks it), so this bounds what one upload can make a shell allocate;
+ * a tiny .spk of zeros could otherwise expand to Sandstorm's 1 GiB cap. */
+export const DEFAULT_MAX_UNPACKED_BYTES = 256 * 1024 * 1024;
+
+/** Room in the archive message beyond the files' bytes: names, sizes and
+ * the tree's structure. */
+const ARCHIVE_OVERHEAD_BYTES = 16 * 1024 * 1024;
+
+/** Reader limits for an upload that may unpack to `maxUnpackedBytes`;
+ * the xz decoder is stopped as soon as its output passes the archive
+ * limit derived from it. */
+export function uploadLimits(
+  maxUnpackedBytes = DEFAULT_MAX_UNPACKED_BYTES,
+): SpkLimits {
+  return {
+    ...DEFAULT_LIMITS,
+    maxUnpackedBytes,
+    maxArchiveBytes: maxUnpackedBytes + ARCHIVE_OVERHEAD_BYTES,
+  };
+}
+
+/** A verifier backed by services/spk/read.ts, with these limits. */
+export function spkVerifierWith(
+  limits: SpkLimits = uploadLimits(),
+): PackageVerifier {
+  return {
+    verify: (path) => verifySpk(path, limits),
+  };
+}
+
+/** The verifier backed by services/spk/read.ts with upload limits. */
+export const spkVerifier: PackageVerifier = spkVerifierWith();
+
+async function verifySpk(
+  path: string,
+  limits: SpkLimits,
+): Promise<PackageSummary> {
+  try {
+    const spk = await readSpk(path, limits);
+    const firstAction = spk.manifest.actions[0];
+    return {
+      packageId: spk.packageId,
+      appId: spk.appId,
+      title: spk.manifest.appTitle || "Untitled app",
+      version: spk.manifest.appMarketingVersion ||
+        String(spk.manifest.appVersion),
+      newGrainTitle: firstAction?.nounPhrase
+        ? `Untitled ${firstAction.nounPhrase}`
+        : `Untitled ${spk.manifest.appTitle || "grain"}`,
+      roles: DEFAULT_ROLES,
+    };
+  } catch (error) {
+    if (error instanceof SpkError) {
+      const text = SPK_MESSAGES[error.kind] ?? "This package is invalid.";
+      throw new UploadError(`${text} (${error.message})`);
     }
-  },
-};
+    throw error;
+  }
+}
 
 /** Where package files live: one file per package ID. */
 export class PackageStore {

@@ -13,7 +13,12 @@ import {
   GrainUnavailableError,
   HttpGrainRunner,
 } from "./grain_runner.ts";
-import { PackageStore, spkVerifier } from "./packages.ts";
+import {
+  PackageStore,
+  spkVerifier,
+  spkVerifierWith,
+  uploadLimits,
+} from "./packages.ts";
 import { hashPassword, verifyPassword } from "./password.ts";
 import { SqliteRepository } from "./repo/sqlite.ts";
 import {
@@ -44,11 +49,12 @@ function recordingRunner(): GrainRunner & { opened: string[] } {
 
 async function setup(extra: Partial<ShellOptions> = {}) {
   const dir = await Deno.makeTempDir({ prefix: "shell-server-" });
+  const packageDir = `${dir}/packages`;
   const repo = new SqliteRepository(`${dir}/shell.sqlite`);
   const runner = recordingRunner();
   const handler = createShellHandler({
     repo,
-    packages: new PackageStore(`${dir}/packages`, 1 << 20),
+    packages: new PackageStore(packageDir, 1 << 20),
     verifier: spkVerifier,
     runner,
     log: new Logger({ role: "shell", level: "error" }),
@@ -70,6 +76,7 @@ async function setup(extra: Partial<ShellOptions> = {}) {
     repo,
     runner,
     call,
+    packageDir,
     async done() {
       await repo.close();
       await Deno.remove(dir, { recursive: true });
@@ -427,6 +434,42 @@ Deno.test("failed sign-ins lock the account, then the address, for a doubling ti
       (await attempt("alice", "alice-password", "10.0.0.3")).status,
       303,
     );
+  } finally {
+    await world.done();
+  }
+});
+
+Deno.test("a small upload that unpacks past the limit is refused and leaves nothing", async () => {
+  const world = await setup({
+    verifier: spkVerifierWith(uploadLimits(1024 * 1024)),
+  });
+  try {
+    const { session, csrf } = await signIn(world);
+    const manifest = {
+      appTitle: "Zeros",
+      appVersion: 1,
+      actions: [],
+      continueCommand: { argv: ["/x"], environ: [] },
+    };
+    const bomb = await buildSpk(
+      new Map([["zeros", {
+        kind: "regular" as const,
+        data: new Uint8Array(24 * 1024 * 1024),
+      }]]),
+      manifest,
+      generateKey(),
+    );
+    assert.ok(bomb.length < 1 << 20, "fits the upload limit when packed");
+    const upload = await world.call("/upload", {
+      method: "POST",
+      headers: { cookie: session, "x-csrf-token": csrf },
+      body: new Blob([bomb as Uint8Array<ArrayBuffer>]),
+    });
+    assert.equal(upload.status, 400);
+    const answer = await upload.json();
+    assert.match(answer.error, /too large.*decompresses past/);
+    assert.deepEqual([...Deno.readDirSync(world.packageDir)], []);
+    assert.deepEqual(await world.repo.listPackages(), []);
   } finally {
     await world.done();
   }
