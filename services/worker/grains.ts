@@ -748,6 +748,11 @@ export class GrainManager {
     await this.settled();
     for (const [grainId, record] of this.#grains) {
       if (record.running) await this.stop(grainId).catch(() => {});
+      // A grain that ended on its own left its volume attached.
+      await record.attached?.detach().catch((error) =>
+        this.#log.error("volume-detach-failed", { grainId, error })
+      );
+      record.attached = undefined;
     }
     for (const pool of this.#warm.values()) {
       for (const sandbox of pool.splice(0)) await this.#dispose(sandbox);
