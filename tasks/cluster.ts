@@ -59,6 +59,9 @@ export function webSettings(publicHost: string) {
 /** What `cluster start` writes for the other commands. */
 export interface ClusterState {
   dir: string;
+  /** Random, made when the cluster starts: names its workers' cgroups and
+   * picks their uid ranges, so clusters on one host share neither. */
+  clusterId: string;
   namespaces: string[];
   addresses: string[];
   /** Machine numbers (1-based) running an agent. */
@@ -77,15 +80,63 @@ export function claimedSpecs(index: number) {
   return { cores: 8, memoryBytes: 64 * GiB, diskBytes: 200 * GiB };
 }
 
+/** Grains per simulated worker (one host uid each). */
+const CLUSTER_WORKER_UIDS = 4096;
+
+/** Machines a simulated cluster may have, spares included. */
+export const MACHINES_MAX = 64;
+
+/** A fresh cluster ID: 16 random hex digits. */
+export function newClusterId(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(8)),
+    (byte) => byte.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
+/**
+ * The cgroup and host uid range of machine `index`'s worker in cluster
+ * `clusterId`. Simulated machines share one host, and so may several
+ * clusters (two test runs, a person's cluster beside CI): a worker clears
+ * its cgroup when it starts, so a shared name would kill another cluster's
+ * grains. The cgroup name holds the cluster ID, hence is never shared. The
+ * uid ranges start at 4,000,000 (above the single-machine launcher's, see
+ * tasks/single_machine_roles.ts): FNV-1a of the cluster ID picks one of
+ * 1024 blocks of 64 ranges, and machine N takes the block's Nth range. The
+ * workers of one cluster never share uids; two clusters do with a chance
+ * of one in 1024.
+ */
+export function clusterWorkerSlot(
+  clusterId: string,
+  index: number,
+): { cgroupName: string; uidFirst: number; uidCount: number } {
+  if (!Number.isInteger(index) || index < 1 || index > MACHINES_MAX) {
+    throw new RangeError(
+      `machine number ${index} must be an integer from 1 to ${MACHINES_MAX}`,
+    );
+  }
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(clusterId)) {
+    hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  }
+  const range = (hash % 1024) * MACHINES_MAX + index - 1;
+  return {
+    cgroupName: `blackrock-c${clusterId}-m${index}`,
+    uidFirst: 4_000_000 + range * CLUSTER_WORKER_UIDS,
+    uidCount: CLUSTER_WORKER_UIDS,
+  };
+}
+
 /** The command that runs machine `index`'s agent. */
 export function agentCommand(
-  state: { dir: string; addresses: string[] },
+  state: { dir: string; addresses: string[]; clusterId: string },
   index: number,
 ): string[] {
   const address = state.addresses[index - 1];
   const stateDir = `${state.dir}/m${index}`;
   const shared = `${state.dir}/shared`;
   const specs = claimedSpecs(index);
+  const slot = clusterWorkerSlot(state.clusterId, index);
   return roleCommand({
     deno: Deno.execPath(),
     entry: `${root}/services/agent/main.ts`,
@@ -106,7 +157,9 @@ export function agentCommand(
       `clusterHosts=${JSON.stringify(state.addresses)}`,
       `coordinatorStateFile=${shared}/grains.sqlite`,
       `shellDataDir=${shared}/shell`,
-      `workerUidFirst=${100_000 + index * 65_536}`,
+      `workerCgroupName=${slot.cgroupName}`,
+      `workerUidFirst=${slot.uidFirst}`,
+      `workerUidCount=${slot.uidCount}`,
       `claimedSpecs.cores=${specs.cores}`,
       `claimedSpecs.memoryBytes=${specs.memoryBytes}`,
       `claimedSpecs.diskBytes=${specs.diskBytes}`,
@@ -196,6 +249,9 @@ export async function startSimulatedCluster(options: {
   machines: number;
   spares?: number;
   dir: string;
+  /** Names the cluster's workers' cgroups and uid ranges; random unless
+   * given. */
+  clusterId?: string;
   /** Log level of every process; readiness is seen in "info" lines, so
    * "info" or "debug". */
   logLevel?: "info" | "debug";
@@ -204,6 +260,7 @@ export async function startSimulatedCluster(options: {
   const network = await startNetwork({ machines: total });
   const state: ClusterState = {
     dir: options.dir,
+    clusterId: options.clusterId ?? newClusterId(),
     namespaces: network.machines.map((m) => m.namespace),
     addresses: network.machines.map((m) => m.address),
     active: [],
@@ -304,7 +361,9 @@ export async function startSimulatedCluster(options: {
         }
         await unmountUnder(options.dir).catch(() => {});
         await removeCgroups(
-          state.addresses.map((_, i) => `blackrock-worker-m${i + 1}`),
+          state.addresses.map((_, i) =>
+            clusterWorkerSlot(state.clusterId, i + 1).cgroupName
+          ),
         );
         await network.stop();
       }

@@ -39,7 +39,12 @@ export const agentConfig = z.strictObject({
    * keeps them in its own role folder. */
   shellDataDir: z.string().optional(),
   libc: z.string().default("/lib/x86_64-linux-gnu/libc.so.6"),
+  /** The worker's cgroup and its grains' host uids: unique per machine
+   * and per cluster where machines or clusters share a host (see
+   * tasks/cluster.ts). Without a name, `blackrock-worker-<machine>`. */
+  workerCgroupName: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/).optional(),
   workerUidFirst: z.number().int().min(1000).default(100_000),
+  workerUidCount: z.number().int().min(1).max(65_536).default(4096),
   /** Numbers a simulated machine claims instead of measuring. */
   claimedSpecs: z.strictObject({
     cores: z.number().int().positive().optional(),

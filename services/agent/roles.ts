@@ -62,8 +62,11 @@ export interface CatalogueOptions {
   coordinatorStateFile: string;
   /** The C library the worker opens to write cgroup files. */
   libc: string;
-  /** First host uid of the worker's grains. */
+  /** The worker's cgroup; `blackrock-worker-<machine>` if not given. */
+  workerCgroupName?: string;
+  /** First host uid of the worker's grains, and how many it may use. */
   workerUidFirst: number;
+  workerUidCount?: number;
   /** The shells' shared folder for their database and packages, if any
    * (see services/agent/main.ts). */
   shellDataDir?: string;
@@ -177,10 +180,13 @@ export function defaultCatalogue(options: CatalogueOptions): RoleCatalogue {
         `listen.port=${ROLE_PORTS.worker}`,
         `stateDir=${c.roleDir}/worker`,
         `workerId=${c.vatId}`,
-        // Simulated machines share one host: each worker needs its own
-        // cgroup and uid range there.
-        `cgroupName=blackrock-worker-${c.machine}`,
+        // Simulated machines, and whole clusters, may share one host: each
+        // worker needs its own cgroup and uid range there.
+        `cgroupName=${
+          options.workerCgroupName ?? `blackrock-worker-${c.machine}`
+        }`,
         `uidFirst=${options.workerUidFirst}`,
+        `uidCount=${options.workerUidCount ?? 4096}`,
         `coordinators=${
           JSON.stringify(
             (c.directory?.vats ?? []).filter((v) => v.role === "coordinator")
