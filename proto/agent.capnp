@@ -61,6 +61,9 @@ struct RoleStatus {
   restarts @3 :UInt32;
   address @4 :Text;
   # "host:port" the role's vat listens on.
+  failed @5 :Bool;
+  # It exited with status 2 (invalid configuration): the agent waits for a
+  # new assignment or new settings before starting it again.
 }
 
 struct AgentReport {

@@ -67,7 +67,11 @@ async function inside(args: string[], masterAddress: string): Promise<void> {
           workerMachine.set(hexOf(r.vatId.publicKey.toUint8Array()), m.name);
         }
         if (name === "coordinator" && m.alive) coordinators.push(r.address);
-        const state = r.running ? "" : " (down)";
+        const state = r.failed
+          ? " (failed: invalid configuration)"
+          : r.running
+          ? ""
+          : " (down)";
         return `${name}${state}${
           r.restarts > 0 ? ` restarts=${r.restarts}` : ""
         }`;

@@ -348,7 +348,9 @@ export class Agent {
         `${this.#options.stateDir}/assignment.json`,
         JSON.stringify(assignment),
       );
-      await this.#apply(assignment);
+      // A role that failed on invalid configuration gets another try
+      // under the new assignment: its settings may be fixed.
+      await this.#apply(assignment, { retryFailed: true });
     });
     this.#queue = next.catch(() => {});
     await next;
@@ -418,7 +420,10 @@ export class Agent {
     return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   }
 
-  async #apply(assignment: Assignment): Promise<void> {
+  async #apply(
+    assignment: Assignment,
+    options: { retryFailed?: boolean } = {},
+  ): Promise<void> {
     const specs: ProcessSpec[] = [];
     const kept = new Map<RoleName, { key: string; spec: ProcessSpec }>();
     for (const { role, settings } of assignment.roles) {
@@ -455,7 +460,7 @@ export class Agent {
     }
     this.#specs = kept;
     this.#assignment = assignment;
-    await this.#supervisor.apply(specs);
+    await this.#supervisor.apply(specs, options);
   }
 
   /** Whether an assigned role waits for the directory to name a peer. */

@@ -92,6 +92,7 @@ export function writeReport(report: AgentReport, out: AgentReportStruct) {
     }
     item.running = role.process?.state === "running";
     item.restarts = role.process?.restarts ?? 0;
+    item.failed = role.process?.state === "failed";
     item.address = role.address;
   });
 }

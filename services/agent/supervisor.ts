@@ -1,7 +1,10 @@
 /**
  * Keeps a set of role processes running: starts each, restarts one that
  * exits with a growing delay (so a role that crashes at once does not spin
- * the machine), and stops those no longer wanted.
+ * the machine), and stops those no longer wanted. A process that exits
+ * with status 2 said its configuration is invalid (services/runtime/
+ * service.ts): starting it again cannot help, so it stays failed until
+ * apply() is told to retry (a new assignment or new settings).
  *
  * @module
  */
@@ -31,8 +34,10 @@ export interface BackoffOptions {
 /** What the supervisor knows about one process. */
 export interface ProcessStatus {
   name: string;
-  /** "running", "restarting" (waiting out the backoff) or "stopping". */
-  state: "running" | "restarting" | "stopping";
+  /** "running", "restarting" (waiting out the backoff), "stopping", or
+   * "failed" (it exited with status 2, invalid configuration, and waits
+   * for a retry). */
+  state: "running" | "restarting" | "stopping" | "failed";
   pid: number | undefined;
   /** Times the process was started again after it exited. */
   restarts: number;
@@ -49,9 +54,13 @@ interface Supervised {
   delayMs: number;
   timer: ReturnType<typeof setTimeout> | undefined;
   stopping: boolean;
+  failed: boolean;
   exited: Promise<void>;
   lastExit: { code: number; signal: string | null } | undefined;
 }
+
+/** The exit status of a role whose configuration is invalid. */
+export const INVALID_CONFIGURATION_STATUS = 2;
 
 const DEFAULT_BACKOFF: BackoffOptions = {
   initialMs: 200,
@@ -132,8 +141,14 @@ export class Supervisor {
   /**
    * Makes the supervised set equal `specs`: starts new ones, stops those
    * left out, restarts those whose command changed, leaves the rest alone.
+   * With `retryFailed`, a process that failed on invalid configuration
+   * starts again even if its command is the same (its settings, read
+   * from elsewhere, may have changed).
    */
-  async apply(specs: ProcessSpec[]): Promise<void> {
+  async apply(
+    specs: ProcessSpec[],
+    options: { retryFailed?: boolean } = {},
+  ): Promise<void> {
     const wanted = new Map<string, ProcessSpec>();
     for (const spec of specs) {
       if (wanted.has(spec.name)) {
@@ -147,7 +162,10 @@ export class Supervisor {
     const stopping: Promise<void>[] = [];
     for (const [name, supervised] of this.#processes) {
       const spec = wanted.get(name);
-      if (spec === undefined || !sameSpec(spec, supervised.spec)) {
+      if (
+        spec === undefined || !sameSpec(spec, supervised.spec) ||
+        (supervised.failed && options.retryFailed === true)
+      ) {
         stopping.push(this.#stop(supervised));
       }
     }
@@ -163,6 +181,8 @@ export class Supervisor {
       name: s.spec.name,
       state: s.stopping
         ? "stopping"
+        : s.failed
+        ? "failed"
         : s.child === undefined
         ? "restarting"
         : "running",
@@ -187,6 +207,7 @@ export class Supervisor {
       delayMs: this.#backoff.initialMs,
       timer: undefined,
       stopping: false,
+      failed: false,
       exited: Promise.resolve(),
       lastExit: undefined,
     };
@@ -221,6 +242,16 @@ export class Supervisor {
       supervised.child = undefined;
       supervised.lastExit = { code: status.code, signal: status.signal };
       if (supervised.stopping) return;
+      if (status.code === INVALID_CONFIGURATION_STATUS && !status.signal) {
+        supervised.failed = true;
+        this.#log.error("role-failed", {
+          process: spec.name,
+          pid: child.pid,
+          code: status.code,
+          reason: "invalid configuration: not restarted until new settings",
+        });
+        return;
+      }
       this.#log.warn("role-exited", {
         process: spec.name,
         pid: child.pid,

@@ -81,6 +81,7 @@ export function readReport(report: AgentReportStruct): MachineReport {
       address: r.address,
       running: r.running,
       restarts: r.restarts,
+      failed: r.failed,
     })),
   };
 }

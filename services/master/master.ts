@@ -36,6 +36,8 @@ export interface ReportedRole {
   address: string;
   running: boolean;
   restarts: number;
+  /** It exited on invalid configuration and waits for new settings. */
+  failed?: boolean;
 }
 
 /** What an agent reports. */

@@ -56,6 +56,7 @@ export function masterCapability(
           }
           item.running = role.running;
           item.restarts = role.restarts;
+          item.failed = role.failed ?? false;
           item.address = role.address;
         });
       });

@@ -161,3 +161,44 @@ Deno.test("an agent answers only the master's hosts", async () => {
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a role failed on invalid configuration is reported failed over RPC", async () => {
+  const root = await Deno.makeTempDir({ prefix: "agent-rpc-failed-" });
+  const link = new RpcAgentLink();
+  let agent: Agent | undefined;
+  let control: { port: number; close(): void } | undefined;
+  try {
+    agent = await Agent.start({
+      machine: "a",
+      stateDir: `${root}/a`,
+      address: "127.0.0.1",
+      catalogue,
+      log: quiet("agent"),
+      roleOutput: "null",
+    });
+    control = listenControl(
+      agent,
+      { hostname: "127.0.0.1", port: 0 },
+      quiet("agent"),
+    );
+    const machine = { name: "a", agentAddress: `127.0.0.1:${control.port}` };
+    await agent.assign({
+      version: 1,
+      roles: [{ role: "worker", settings: { misspelled: "1" } }],
+    });
+    const deadline = Date.now() + 20_000;
+    let role = (await link.report(machine)).roles[0];
+    while (!role.failed && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      role = (await link.report(machine)).roles[0];
+    }
+    assert.equal(role.role, "worker");
+    assert.equal(role.failed, true);
+    assert.equal(role.running, false);
+  } finally {
+    link.close();
+    control?.close();
+    await agent?.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -540,3 +540,49 @@ Deno.test("a role that follows the directory restarts only when its peers move",
     }
   });
 });
+
+Deno.test("a role that exits on invalid configuration stays failed until new settings arrive", async () => {
+  await withMachine(async ({ stateDir, boot }) => {
+    const agent = await boot();
+    // An unknown setting: the role's strict config refuses it and the
+    // process exits with status 2 before it starts.
+    await agent.assign({
+      version: 1,
+      roles: [{ role: "worker", settings: { misspelled: "1" } }],
+    });
+    const failed = await waitUntil("the role is reported failed", () => {
+      const s = agent.report().roles[0].process;
+      return s?.state === "failed" ? s : undefined;
+    });
+    assert.equal(failed.lastExit?.code, 2);
+    assert.equal(failed.restarts, 0);
+    // Many backoff periods (50 ms each at first) later, still no restart.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    assert.equal(agent.report().roles[0].process?.state, "failed");
+    assert.equal(agent.report().roles[0].process?.restarts, 0);
+    assert.equal((await starts(stateDir, "worker")).length, 0);
+
+    // The same settings again (a new assignment version): one more try,
+    // which fails the same way.
+    await agent.assign({
+      version: 2,
+      roles: [{ role: "worker", settings: { misspelled: "1" } }],
+    });
+    await waitUntil("the retried role fails again", () => {
+      const s = agent.report().roles[0].process;
+      return s?.state === "failed" && s.lastExit?.code === 2 ? s : undefined;
+    });
+
+    // Fixed settings: the role runs.
+    await agent.assign({
+      version: 3,
+      roles: [{ role: "worker", settings: { color: "green" } }],
+    });
+    const started = await waitUntil("the fixed role starts", async () => {
+      return (await starts(stateDir, "worker"))[0];
+    });
+    assert.equal(started.color, "green");
+    assert.ok(alive(started.pid));
+    assert.equal(agent.report().roles[0].process?.state, "running");
+  });
+});
