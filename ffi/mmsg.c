@@ -8,7 +8,9 @@
 #include "blackrock.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
@@ -46,6 +48,51 @@ int32_t br_udp_open(uint32_t ip, uint32_t port, uint32_t rcvbuf, uint32_t sndbuf
         return -err;
     }
     return fd;
+}
+
+/* Sets the kernel buffer sizes of a socket opened elsewhere (Deno's own
+ * datagram socket); 0 leaves a size as it is. */
+int32_t br_udp_tune(int32_t fd, uint32_t rcvbuf, uint32_t sndbuf) {
+    if (fd < 0) return -EBADF;
+    set_buffer(fd, SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf);
+    set_buffer(fd, SO_SNDBUF, SO_SNDBUFFORCE, sndbuf);
+    return 0;
+}
+
+static int is_bound_udp4(int fd, uint32_t ip, uint32_t port) {
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_DGRAM)
+        return 0;
+    struct sockaddr_in addr;
+    socklen_t len = sizeof addr;
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0 || len != sizeof addr) return 0;
+    return addr.sin_family == AF_INET && ntohl(addr.sin_addr.s_addr) == ip &&
+           ntohs(addr.sin_port) == port;
+}
+
+/* The descriptor of this process's IPv4 UDP socket bound to ip:port, so
+ * batches can be sent on a socket the runtime opened (and receives through
+ * its event loop). Two sockets cannot share a bound address without
+ * SO_REUSEPORT, so the match is unique. Returns -ENOENT when none is. */
+int32_t br_udp_find(uint32_t ip, uint32_t port) {
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL) return -errno;
+    int found = -ENOENT;
+    int own = dirfd(dir);
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        char *end = NULL;
+        long fd = strtol(entry->d_name, &end, 10);
+        if (end == entry->d_name || *end != '\0' || fd < 0 || fd > 0x7fffffff || fd == own)
+            continue;
+        if (is_bound_udp4((int)fd, ip, port)) {
+            found = (int)fd;
+            break;
+        }
+    }
+    if (closedir(dir) != 0 && found < 0) return -errno;
+    return found;
 }
 
 /* The port the socket is bound to (useful after binding port 0). */
@@ -183,10 +230,14 @@ int32_t br_udp_recv_batch(int32_t fd, uint8_t *buf, uint32_t buf_len, uint32_t s
     if (buf == NULL || meta == NULL || slot_bytes == 0) return -EINVAL;
     if (max_count > BR_MMSG_CHUNK) max_count = BR_MMSG_CHUNK;
     if ((uint64_t)slot_bytes * max_count > buf_len) return -EINVAL;
-    struct pollfd pfd = {.fd = fd, .events = POLLIN, .revents = 0};
-    int ready = poll(&pfd, 1, timeout_ms);
-    if (ready < 0) return errno == EINTR ? 0 : -errno;
-    if (ready == 0) return 0;
+    /* A zero timeout skips poll: recvmmsg with MSG_DONTWAIT says as much,
+     * one system call sooner. */
+    if (timeout_ms != 0) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN, .revents = 0};
+        int ready = poll(&pfd, 1, timeout_ms);
+        if (ready < 0) return errno == EINTR ? 0 : -errno;
+        if (ready == 0) return 0;
+    }
     struct mmsghdr msgs[BR_MMSG_CHUNK];
     struct iovec iovs[BR_MMSG_CHUNK];
     struct sockaddr_in addrs[BR_MMSG_CHUNK];

@@ -116,6 +116,8 @@ const symbols = {
   },
   br_udp_open: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
   br_udp_local_port: { parameters: ["i32"], result: "i32" },
+  br_udp_find: { parameters: ["u32", "u32"], result: "i32" },
+  br_udp_tune: { parameters: ["i32", "u32", "u32"], result: "i32" },
   br_udp_close: { parameters: ["i32"], result: "i32" },
   br_udp_send_batch: {
     parameters: ["i32", "buffer", "u32", "buffer", "u32"],
@@ -471,6 +473,37 @@ export function udpOpen(
     );
   }
   return fd;
+}
+
+/**
+ * The descriptor of this process's IPv4 UDP socket bound to `ip` (host
+ * order) and `port`, such as one Deno.listenDatagram opened, so batches
+ * can be sent on it. Throws a UdpError when there is none.
+ */
+export function udpFind(ip: number, port: number): number {
+  checkU32("ip", ip);
+  checkU32("port", port);
+  const fd = native().br_udp_find(ip, port);
+  if (fd < 0) {
+    throw new UdpError(
+      `no UDP socket bound to port ${port}: errno ${-fd}`,
+      -fd,
+    );
+  }
+  return fd;
+}
+
+/** Asks for kernel buffer sizes on a UDP socket (0 keeps a size); a
+ * refusal only means smaller buffers. */
+export function udpTune(
+  fd: number,
+  receiveBufferBytes: number,
+  sendBufferBytes: number,
+): void {
+  checkU32("receiveBufferBytes", receiveBufferBytes);
+  checkU32("sendBufferBytes", sendBufferBytes);
+  const status = native().br_udp_tune(fd, receiveBufferBytes, sendBufferBytes);
+  if (status < 0) throw new UdpError(`bad socket: errno ${-status}`, -status);
 }
 
 /** The local port a UDP socket from {@link udpOpen} is bound to. */

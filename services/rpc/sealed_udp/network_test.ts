@@ -117,6 +117,34 @@ Deno.test("delivers many messages of many sizes in order, exactly once, both way
   }
 });
 
+Deno.test("the worker receiver delivers messages of many sizes in order, both ways", async () => {
+  // The tests above receive on the event loop (they may bind with net
+  // permission); a role without it receives on a worker thread.
+  const [a, b] = await pair({ receiver: "worker" });
+  try {
+    const sizes = [0, 100, MAX_FRAGMENT_BYTES + 1, 70_000, 300_000];
+    const count = 100;
+    const sizeOf = (i: number) => sizes[i % sizes.length];
+    const ab = a.connect(b.vatId);
+    for (let i = 0; i < count; i++) ab.send(patterned(i, sizeOf(i)));
+    const ba = await b.accept();
+    for (let i = 0; i < count; i++) {
+      const message = await ba.receive();
+      assert.ok(message !== null);
+      checkPatterned(message, i, sizeOf(i));
+      ba.send(patterned(i + 1000, sizeOf(count - i)));
+    }
+    for (let i = 0; i < count; i++) {
+      const message = await ab.receive();
+      assert.ok(message !== null);
+      checkPatterned(message, i + 1000, sizeOf(count - i));
+    }
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
 function dropped(metrics: Record<string, number>): number {
   let sum = 0;
   for (const [name, value] of Object.entries(metrics)) {

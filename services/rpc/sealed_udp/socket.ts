@@ -1,8 +1,19 @@
 /**
- * A UDP socket driven through the batched shims: the main thread sends with
- * sendmmsg (never blocking), a worker thread receives with recvmmsg into
- * shared memory and signals each batch through an atomic word that the
- * main thread waits on asynchronously.
+ * UDP sockets driven through the batched shims. The main thread sends with
+ * sendmmsg (never blocking). Receiving takes one of two paths:
+ *
+ * - {@link EventLoopUdpSocket}: Deno's own datagram socket, so the event
+ *   loop wakes the main thread directly when a datagram arrives, and a
+ *   non-blocking recvmmsg drains the rest of a burst. One thread wakes per
+ *   burst: under load (each wake-up waits for a core) this halves the
+ *   round trip of a small call against the worker path, at equal bulk
+ *   throughput. It needs Deno's unstable datagram API and net permission.
+ * - {@link UdpSocket}: a worker thread blocks in recvmmsg into shared
+ *   memory and signals each batch through an atomic word the main thread
+ *   waits on asynchronously. It needs only FFI (and read access to the
+ *   worker's module).
+ *
+ * {@link UdpSocket.open} picks one; both hand over the same batches.
  *
  * @module
  */
@@ -11,11 +22,14 @@ import {
   UDP_RECV_MAX,
   UDP_RECV_WORDS,
   udpClose,
+  udpFind,
   udpLocalPort,
   udpOpen,
+  udpReceiveBatch,
   udpSendBatch,
+  udpTune,
 } from "../../../ffi/native.ts";
-import { type UdpAddress } from "./directory.ts";
+import { formatAddress, type UdpAddress } from "./directory.ts";
 
 /** What the receive worker gets in its first message. */
 export interface ReceiveWorkerInit {
@@ -45,6 +59,18 @@ export interface UdpSocketOptions {
   slotBytes: number;
   receiveBufferBytes?: number;
   sendBufferBytes?: number;
+  /** "event-loop" receives through Deno's own datagram socket (see
+   * {@link EventLoopUdpSocket}), "worker" on a worker thread; "auto", the
+   * default, takes the event loop when the process may use it. */
+  receiver?: "auto" | "event-loop" | "worker";
+}
+
+/** What the network needs of a socket, whichever way it receives. */
+export interface BatchSocket {
+  readonly fd: number;
+  readonly port: number;
+  send(buffer: Uint8Array, descriptors: Uint32Array, count: number): number;
+  close(): Promise<void>;
 }
 
 const REGIONS = 8;
@@ -53,8 +79,9 @@ const STOP = 0;
 const SEQUENCE = 1;
 const FIRST_REGION = 2;
 
-/** A bound UDP socket with a receive worker. */
-export class UdpSocket {
+/** A bound UDP socket with a receive worker; {@link UdpSocket.open} also
+ * opens the event-loop kind. */
+export class UdpSocket implements BatchSocket {
   readonly fd: number;
   readonly port: number;
   readonly #worker: Worker;
@@ -200,15 +227,28 @@ export class UdpSocket {
     }
   }
 
-  /** Binds `address` (port 0 picks one) and starts the receive worker;
-   * resolves once it receives. `onBatch` runs on the main thread for every
-   * batch of datagrams. */
+  /** Binds `address` (port 0 picks one) and starts receiving (see
+   * {@link UdpSocketOptions.receiver}); resolves once datagrams can
+   * arrive. `onBatch` runs on the main thread for every batch. */
   static async open(
     address: UdpAddress,
     options: UdpSocketOptions,
     onBatch: (batch: ReceivedBatch) => void,
     onError: (error: Error) => void,
-  ): Promise<UdpSocket> {
+  ): Promise<BatchSocket> {
+    const wanted = options.receiver ?? "auto";
+    if (wanted === "event-loop") {
+      return EventLoopUdpSocket.open(address, options, onBatch, onError);
+    }
+    if (wanted === "auto" && canUseEventLoop(address)) {
+      try {
+        return EventLoopUdpSocket.open(address, options, onBatch, onError);
+      } catch (error) {
+        // A bind failure is the caller's to see; anything else (say, no
+        // /proc to find the descriptor in) falls back to the worker.
+        if (error instanceof Deno.errors.AddrInUse) throw error;
+      }
+    }
     const fd = udpOpen(
       address.ip,
       address.port,
@@ -256,4 +296,195 @@ export class UdpSocket {
     this.#worker.terminate();
     udpClose(this.fd);
   }
+}
+
+/** Wake-ups without a drain after a drain that found nothing. */
+const DRAIN_SKIPS = 8;
+
+/**
+ * A socket that receives through Deno's own datagram socket, so the
+ * runtime's event loop wakes the main thread directly when a datagram
+ * arrives (one thread woken instead of two); each wake-up then drains what
+ * else is queued with a non-blocking recvmmsg on the same descriptor, and
+ * sends use sendmmsg on it too.
+ */
+export class EventLoopUdpSocket implements BatchSocket {
+  readonly fd: number;
+  readonly port: number;
+  readonly #datagrams: Deno.DatagramConn;
+  readonly #slotBytes: number;
+  readonly #buffer: Uint8Array;
+  readonly #meta = new Uint32Array(UDP_RECV_MAX * UDP_RECV_WORDS);
+  readonly #done: Promise<void>;
+  #closed = false;
+
+  private constructor(
+    datagrams: Deno.DatagramConn,
+    fd: number,
+    port: number,
+    options: UdpSocketOptions,
+    onBatch: (batch: ReceivedBatch) => void,
+    onError: (error: Error) => void,
+  ) {
+    this.#datagrams = datagrams;
+    this.fd = fd;
+    this.port = port;
+    this.#slotBytes = options.slotBytes;
+    this.#buffer = new Uint8Array(UDP_RECV_MAX * this.#slotBytes);
+    this.#done = this.#run(onBatch, onError);
+  }
+
+  /** Binds `address` with Deno.listenDatagram and finds its descriptor
+   * for the shims. */
+  static open(
+    address: UdpAddress,
+    options: UdpSocketOptions,
+    onBatch: (batch: ReceivedBatch) => void,
+    onError: (error: Error) => void,
+  ): EventLoopUdpSocket {
+    const [hostname] = formatAddress(address).split(":");
+    const datagrams = Deno.listenDatagram({
+      transport: "udp",
+      hostname,
+      port: address.port,
+    });
+    try {
+      const port = (datagrams.addr as Deno.NetAddr).port;
+      const fd = udpFind(address.ip, port);
+      udpTune(
+        fd,
+        options.receiveBufferBytes ?? 0,
+        options.sendBufferBytes ?? 0,
+      );
+      return new EventLoopUdpSocket(
+        datagrams,
+        fd,
+        port,
+        options,
+        onBatch,
+        onError,
+      );
+    } catch (error) {
+      datagrams.close();
+      throw error;
+    }
+  }
+
+  async #run(
+    onBatch: (batch: ReceivedBatch) => void,
+    onError: (error: Error) => void,
+  ): Promise<void> {
+    const slotBytes = this.#slotBytes;
+    const meta = this.#meta;
+    const firstSlot = this.#buffer.subarray(0, slotBytes);
+    const otherSlots = this.#buffer.subarray(slotBytes);
+    const otherMeta = meta.subarray(UDP_RECV_WORDS);
+    const batch: ReceivedBatch = {
+      buffer: this.#buffer,
+      slotBytes,
+      meta,
+      count: 0,
+    };
+    let failures = 0;
+    let skipDrains = 0;
+    while (!this.#closed) {
+      let length: number;
+      let from: Deno.NetAddr;
+      try {
+        const [data, address] = await this.#datagrams.receive(firstSlot);
+        length = data.length;
+        from = address as Deno.NetAddr;
+      } catch (error) {
+        if (this.#closed) return;
+        // A queued ICMP error surfaces once per receive and carries no
+        // datagram; only a socket that keeps failing is broken.
+        if (++failures < 100) continue;
+        onError(new Error(`UDP receive failed: ${error}`, { cause: error }));
+        return;
+      }
+      failures = 0;
+      const ip = parseIpv4(from.hostname);
+      if (ip < 0) continue; // Not IPv4: this socket never sends there.
+      meta[0] = length;
+      meta[1] = ip;
+      meta[2] = from.port;
+      // Deno reads at most a slot and does not say whether it cut the
+      // datagram: a full slot counts as cut (slots exceed any datagram
+      // the network sends).
+      meta[3] = length >= slotBytes ? 1 : 0;
+      let count = 1;
+      // Draining costs a system call that finds nothing when datagrams
+      // come one at a time (calls and their replies); after such a miss,
+      // a few wake-ups go without, so a burst still meets a drain soon.
+      if (skipDrains > 0) {
+        skipDrains--;
+      } else {
+        try {
+          count += udpReceiveBatch(
+            this.fd,
+            otherSlots,
+            slotBytes,
+            UDP_RECV_MAX - 1,
+            otherMeta,
+            0,
+          );
+        } catch {
+          // The first datagram is still good; a later drain retries.
+        }
+        if (count === 1) skipDrains = DRAIN_SKIPS;
+      }
+      if (this.#closed) return;
+      batch.count = count;
+      onBatch(batch);
+    }
+  }
+
+  /** Sends `count` datagrams described by UDP_SEND_WORDS words each;
+   * returns how many the kernel took. */
+  send(buffer: Uint8Array, descriptors: Uint32Array, count: number): number {
+    if (this.#closed || count === 0) return 0;
+    return udpSendBatch(this.fd, buffer, descriptors, count);
+  }
+
+  /** Closes Deno's socket, and with it the descriptor; the pending
+   * receive fails and the loop ends. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#datagrams.close();
+    await this.#done;
+  }
+}
+
+/** Whether Deno's datagram socket is there (unstable API, which deno.json
+ * enables) and this process may bind `address` with it; a role without
+ * that network permission receives on a worker instead. */
+function canUseEventLoop(address: UdpAddress): boolean {
+  if (typeof Deno.listenDatagram !== "function") return false;
+  return Deno.permissions.querySync({
+    name: "net",
+    host: formatAddress(address),
+  }).state === "granted";
+}
+
+/** A dotted IPv4 address in host order, or -1 for anything else. */
+function parseIpv4(text: string): number {
+  let value = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i) - 48;
+    if (c >= 0 && c <= 9 && digits < 3) {
+      part = part * 10 + c;
+      digits++;
+    } else if (c === -2 && digits > 0 && dots < 3 && part <= 255) {
+      value = value * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+    } else return -1;
+  }
+  if (dots !== 3 || digits === 0 || part > 255) return -1;
+  return value * 256 + part;
 }
