@@ -6,6 +6,7 @@
  *
  * @module
  */
+import * as rpc from "../rpc/mod.ts";
 import type { Volume, VolumeWriter } from "../../proto/gen/storage.ts";
 import type { VolumeApi, VolumeWriterApi } from "./storage_volume_store.ts";
 
@@ -35,9 +36,11 @@ function writerApi(writer: VolumeWriterClient, epoch: number): VolumeWriterApi {
 
 /**
  * A {@link VolumeApi} over a Volume capability. `id` only names the volume
- * in messages (the capability does not reveal its object ID).
+ * in messages (the capability does not reveal its object ID). The API owns
+ * `volume` and releases it (and the writers it took) on `release`.
  */
 export function rpcVolume(volume: VolumeClient, id: string): VolumeApi {
+  const writers: VolumeWriterClient[] = [];
   return {
     id,
     read: async (blockIndex, blockCount) => {
@@ -57,8 +60,13 @@ export function rpcVolume(volume: VolumeClient, id: string): VolumeApi {
     },
     takeLease: async () => {
       const writer = volume.takeLease().getWriter();
+      writers.push(writer);
       const { epoch } = await writer.epoch().promise();
       return writerApi(writer, Number(epoch));
+    },
+    release: () => {
+      for (const writer of writers.splice(0)) rpc.release(writer);
+      rpc.release(volume);
     },
   };
 }

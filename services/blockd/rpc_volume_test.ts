@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { BLOCK_BYTES } from "./block_store.ts";
+import * as rpc from "../rpc/mod.ts";
 import { rpcVolume } from "./rpc_volume.ts";
 import { StorageVolumeStore } from "./storage_volume_store.ts";
 import { makeWorkspace, nbdUri, run, startDaemon } from "./_testing.ts";
@@ -39,7 +40,7 @@ Deno.test({
         const openStore = () =>
           Promise.resolve(
             new StorageVolumeStore(
-              rpcVolume(volume, "g1-volume"),
+              rpcVolume(rpc.retain(volume), "g1-volume"),
               SIZE_BYTES / BLOCK_BYTES,
             ),
           );

@@ -41,6 +41,9 @@ export interface VolumeApi {
   read(blockIndex: number, blockCount: number): Promise<Uint8Array>;
   stat(): Promise<{ usedBlocks: number; epoch: number }>;
   takeLease(): Promise<VolumeWriterApi>;
+  /** Gives the capabilities up, so the storage node forgets the
+   * volume's key; called once, when the store closes. */
+  release?(): void;
 }
 
 /** The writer a lease gives. */
@@ -175,6 +178,7 @@ export class StorageVolumeStore implements BlockStore {
 
   close(): Promise<void> {
     this.#writer = undefined;
+    this.#volume.release?.();
     return Promise.resolve();
   }
 
