@@ -25,7 +25,8 @@ import { attach, type Attachment } from "../blockd/attach.ts";
 import { encodeVolumeRef } from "../blockd/storage_nodes.ts";
 import { slotName } from "../blockd/control.ts";
 
-/** Programs attaching runs (the nbdfuse path and the kernel NBD path). */
+/** Programs attaching runs (the nbdfuse path, the kernel NBD path, and
+ * the probes for a filesystem and for the NBD driver). */
 export const ATTACH_PROGRAMS = [
   "nbdfuse",
   "fusermount3",
@@ -38,23 +39,25 @@ export const ATTACH_PROGRAMS = [
   "test",
 ];
 
-/** Where the block daemons find the storage zone. */
+/** The worker's block daemon and where it finds the storage zone. */
 export interface BlockVolumesOptions {
-  /** Holds the daemons' sockets, caches, configurations and mounts. */
+  /** The worker's state folder: holds the daemon's sockets, cache and
+   * configuration (blockd/) and the attach work folders. */
   stateDir: string;
-  /** The daemons' vat key (a presenter of the storage zone). */
+  /** The daemon's vat key (a presenter of the storage zone). */
   vatKeyFile: string;
   /** Storage nodes: vat ID (hex) and UDP `host:port`. */
   nodes: { vatId: string; address: string }[];
   /** This worker's name in leases. */
   holder: string;
-  /** The deno binary that runs the daemons. */
+  /** The deno binary that runs the daemon. */
   deno?: string;
   /** Daemon cache tuning passed through (services/blockd/main.ts). */
   cache?: Record<string, number>;
   /** Size of a volume whose spec gives none; 1 GiB. */
   defaultVolumeBytes?: number;
-  /** Volumes attached at once (the daemon's socket slots); 64. */
+  /** Volumes attached at once (the daemon's socket slots); 64. One
+   * more attach fails with a clear error until a grain stops. */
   slots?: number;
   /** Force an attach path (tests). */
   method?: "kernel-nbd" | "nbdfuse-loop";
@@ -75,7 +78,8 @@ export interface AttachedVolume {
   mountPoint: string;
   /** Whether the volume had no filesystem yet (a new grain). */
   formatted: boolean;
-  /** Unmounts, flushes and stops the daemon; see the module docs. */
+  /** Unmounts, flushes, and has the daemon write the volume back and
+   * give its lease up; see the module docs. */
   detach(): Promise<void>;
 }
 
