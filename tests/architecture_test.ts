@@ -12,17 +12,22 @@ const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
 const SHARED = new Set(["rpc", "runtime", "spk", "web_session"]);
 
 /**
- * Imports across roles that exist today in folders other engineers own
- * (the block daemon reaches into storage for its error type and, in its
- * tests, storage's test harness). Each is a debt to pay by moving the
- * shared part into a shared module or the test into tests/; the list only
- * shrinks, and any import not on it fails.
+ * The block daemon is the worker's own: it runs beside the worker on worker
+ * machines, is started and driven by it, and serves no other role. The
+ * worker may import its client side (attach, control, storage nodes).
  */
-const KNOWN = new Set([
-  "services/blockd/storage_volume_store.ts -> services/storage/errors.ts",
-  "services/blockd/rpc_volume_test.ts -> services/storage/_node_testing.ts",
-  "services/blockd/storage_volume_store_test.ts -> services/storage/_testing.ts",
-]);
+const COMPANIONS = new Set(["worker -> blockd"]);
+
+/**
+ * Test code (`*_test.ts` and the `_*testing.ts` harnesses beside it) may
+ * start another role's process through that role's test harness: a
+ * cross-role test needs the real thing. The rule is for code that runs in
+ * production.
+ */
+function isTestCode(path: string): boolean {
+  const name = path.slice(path.lastIndexOf("/") + 1);
+  return name.endsWith("_test.ts") || /^_.*testing\.ts$/.test(name);
+}
 
 /** Module specifiers of static imports, re-exports and dynamic imports. */
 export function importSpecifiers(source: string): string[] {
@@ -50,13 +55,14 @@ function serviceOf(path: string): string | undefined {
  */
 export function violations(file: string, source: string): string[] {
   const from = serviceOf(file);
-  if (from === undefined) return [];
+  if (from === undefined || isTestCode(file)) return [];
   const bad: string[] = [];
   for (const specifier of importSpecifiers(source)) {
     if (!specifier.startsWith(".")) continue;
     const target = resolve(dirname(file), specifier);
     const to = serviceOf(target);
     if (to === undefined || to === from || SHARED.has(to)) continue;
+    if (COMPANIONS.has(`${from} -> ${to}`)) continue;
     bad.push(`${relative(ROOT, file)} -> ${relative(ROOT, target)}`);
   }
   return bad;
@@ -98,6 +104,20 @@ Deno.test("the checker catches a role importing another role, and allows shared 
     ),
     ["services/web_session/relay.ts -> services/worker/grains.ts"],
   );
+  assert.deepEqual(
+    violations(
+      join(ROOT, "services/blockd/daemon.ts"),
+      `import { x } from "../storage/errors.ts";`,
+    ),
+    ["services/blockd/daemon.ts -> services/storage/errors.ts"],
+  );
+  assert.deepEqual(
+    violations(
+      join(ROOT, "services/worker/volumes.ts"),
+      `import { x } from "../blockd/control.ts";`,
+    ),
+    [],
+  );
 });
 
 Deno.test("no role imports another role's code, and shared modules import no role", () => {
@@ -105,5 +125,5 @@ Deno.test("no role imports another role's code, and shared modules import no rol
   for (const file of sourceFiles(join(ROOT, "services"))) {
     bad.push(...violations(file, Deno.readTextFileSync(file)));
   }
-  assert.deepEqual(bad.filter((edge) => !KNOWN.has(edge)), []);
+  assert.deepEqual(bad, []);
 });

@@ -17,7 +17,6 @@
  *
  * @module
  */
-import { LeaseLostError } from "../storage/errors.ts";
 import {
   BLOCK_BYTES,
   type BlockStore,
@@ -56,11 +55,13 @@ export interface VolumeWriterApi {
   sync(): Promise<void>;
 }
 
-/** Whether an error says the lease was lost: the storage role's own class
- * in-process, its name in a remote exception's text over RPC. */
+/** Whether an error says the lease was lost: the storage role's error by
+ * name in process, or its name in a remote exception's text over RPC. The
+ * daemon does not import the storage role's code, so it cannot match the
+ * class. */
 function isLeaseLost(error: unknown): boolean {
-  return error instanceof LeaseLostError ||
-    (error instanceof Error && /LeaseLostError/.test(error.message));
+  return error instanceof Error &&
+    (error.name === "LeaseLostError" || /LeaseLostError/.test(error.message));
 }
 
 /** Turns the Volume's lease error into the daemon's. */
