@@ -298,9 +298,6 @@ export class UdpSocket implements BatchSocket {
   }
 }
 
-/** Wake-ups without a drain after a drain that found nothing. */
-const DRAIN_SKIPS = 8;
-
 /**
  * A socket that receives through Deno's own datagram socket, so the
  * runtime's event loop wakes the main thread directly when a datagram
@@ -386,7 +383,6 @@ export class EventLoopUdpSocket implements BatchSocket {
       count: 0,
     };
     let failures = 0;
-    let skipDrains = 0;
     while (!this.#closed) {
       let length: number;
       let from: Deno.NetAddr;
@@ -413,29 +409,31 @@ export class EventLoopUdpSocket implements BatchSocket {
       // the network sends).
       meta[3] = length >= slotBytes ? 1 : 0;
       let count = 1;
-      // Draining costs a system call that finds nothing when datagrams
-      // come one at a time (calls and their replies); after such a miss,
-      // a few wake-ups go without, so a burst still meets a drain soon.
-      if (skipDrains > 0) {
-        skipDrains--;
-      } else {
-        try {
-          count += udpReceiveBatch(
-            this.fd,
-            otherSlots,
-            slotBytes,
-            UDP_RECV_MAX - 1,
-            otherMeta,
-            0,
-          );
-        } catch {
-          // The first datagram is still good; a later drain retries.
-        }
-        if (count === 1) skipDrains = DRAIN_SKIPS;
+      // Whatever else is queued comes in the same batch: one handler call,
+      // one flush of acks and replies for the lot.
+      try {
+        count += udpReceiveBatch(
+          this.fd,
+          otherSlots,
+          slotBytes,
+          UDP_RECV_MAX - 1,
+          otherMeta,
+          0,
+        );
+      } catch {
+        // The first datagram is still good; the next drain retries.
       }
       if (this.#closed) return;
       batch.count = count;
-      onBatch(batch);
+      try {
+        onBatch(batch);
+      } catch (error) {
+        // As on the worker path: a handler bug surfaces as an uncaught
+        // error without stopping the receive loop.
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
     }
   }
 
