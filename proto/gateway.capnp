@@ -65,4 +65,9 @@ struct GrainRoute {
   permissions @6 :List(Bool);
   # The app's permission flags for this session, in the order of its
   # ViewInfo's permissions.
+  sessionKeyHash @7 :Text;
+  # Hex SHA-256 of the session's secret key. The shell's iframe first loads
+  # /_blackrock/session?token=<key> on the grain hostname; the gateway
+  # turns that into a cookie for that hostname and refuses every request
+  # without it, so the hostname alone grants nothing.
 }

@@ -5,6 +5,7 @@
 // (proto/gateway.capnp) and answer route lookups through their Shell
 // capability.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as rpc from "../rpc/mod.ts";
 import { Logger } from "../runtime/log.ts";
 import {
@@ -78,6 +79,7 @@ function routeTable(routes: Map<string, GrainRoute>): rpc.Cap {
         out.expiresAtMs = BigInt(route.expiresAt);
         out.userId = route.userId;
         out.userName = route.userName;
+        out.sessionKeyHash = route.sessionKeyHash;
       }
       return Promise.resolve();
     },
@@ -137,8 +139,18 @@ Deno.test({
       userId: "u1",
       userName: "Alice",
     };
-    routes.set(label, { ...route, canWrite: true });
-    routes.set(viewerLabel, { ...route, canWrite: false });
+    const keyHash = (key: string) =>
+      createHash("sha256").update(key).digest("hex");
+    routes.set(label, {
+      ...route,
+      canWrite: true,
+      sessionKeyHash: keyHash("writer-key"),
+    });
+    routes.set(viewerLabel, {
+      ...route,
+      canWrite: false,
+      sessionKeyHash: keyHash("viewer-key"),
+    });
 
     // Assigned below, once the gateway service has its port.
     // deno-lint-ignore prefer-const
@@ -299,6 +311,16 @@ Deno.test({
       // resolver here does not map *.localhost, so these requests enter
       // the gateway service directly (the Chromium tests in tests/e2e/
       // cover grain hostnames and WebSockets through nginx).
+      const exchange = async (name: string, key: string) => {
+        const response = await gateway.handle(
+          new Request(`http://gateway/_blackrock/session?token=${key}`, {
+            headers: { host: `${name}.${host}` },
+          }),
+        );
+        await response.body?.cancel();
+        return response;
+      };
+      const cookies = new Map<string, string>();
       const call = async (
         name: string,
         path: string,
@@ -306,11 +328,46 @@ Deno.test({
       ) => {
         const headers = new Headers(init.headers);
         headers.set("host", `${name}.${host}`);
+        const cookie = cookies.get(name);
+        if (cookie !== undefined) {
+          headers.set("cookie", `${cookie}; app=kept`);
+        }
         const response = await gateway.handle(
           new Request(`http://gateway${path}`, { ...init, headers }),
         );
         return { status: response.status, text: await response.text() };
       };
+
+      // The hostname alone opens nothing: the session's key, sent once by
+      // the shell's frame, becomes a host-only cookie, and only requests
+      // with that cookie reach the grain.
+      assert.equal((await call(label, "/doc")).status, 403);
+      assert.equal((await exchange(label, "viewer-key")).status, 403);
+      const opened = await exchange(label, "writer-key");
+      assert.equal(opened.status, 303);
+      assert.equal(opened.headers.get("location"), "/");
+      const setCookie = opened.headers.get("set-cookie")!;
+      assert.match(setCookie, /^__Host-blackrock-grain=writer-key; Path=\//);
+      for (
+        const flag of ["HttpOnly", "Secure", "SameSite=None", "Partitioned"]
+      ) {
+        assert.ok(setCookie.includes(flag), `${flag} in ${setCookie}`);
+      }
+      assert.ok(!/domain=/i.test(setCookie), "host-only");
+      assert.equal(
+        (await exchange(label, "writer-key")).status,
+        403,
+        "a key works once",
+      );
+      cookies.set(label, setCookie.split(";")[0]);
+      assert.equal((await exchange(viewerLabel, "viewer-key")).status, 303);
+      cookies.set(viewerLabel, "__Host-blackrock-grain=writer-key");
+      assert.equal(
+        (await call(viewerLabel, "/doc")).status,
+        403,
+        "another session's cookie does not open this one",
+      );
+      cookies.set(viewerLabel, "__Host-blackrock-grain=viewer-key");
       const read = await call(label, "/doc?x=1");
       assert.equal(read.text, "grain GET /g1/doc  write,view");
       const write = await call(label, "/save", { method: "POST", body: "hi" });

@@ -12,6 +12,8 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
+import { createHash, timingSafeEqual } from "node:crypto";
 import * as rpc from "../rpc/mod.ts";
 import type { Logger } from "../runtime/log.ts";
 import type { Shell$Client } from "../../proto/gen/gateway.ts";
@@ -27,6 +29,9 @@ export interface GrainRoute {
   userName: string;
   /** The app's permission flags for this session. */
   permissions?: boolean[];
+  /** Hex SHA-256 of the session key; a request must carry the key in the
+   * grain cookie. An empty hash lets nobody in. */
+  sessionKeyHash: string;
 }
 
 /** Options of {@link Gateway}. */
@@ -81,6 +86,41 @@ const HOP_BY_HOP = [
 ];
 const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 const LABEL = /^[0-9a-v]{26}$/;
+/** Where a grain frame's first URL points: the one-time exchange of the
+ * session key for a cookie. */
+const SESSION_PATH = "/_blackrock/session";
+
+function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** Whether `key` hashes to `hash`, in time independent of the match. */
+function keyMatches(key: string | undefined, hash: string): boolean {
+  if (key === undefined || hash.length !== 64) return false;
+  return timingSafeEqual(
+    Buffer.from(sha256Hex(key), "hex"),
+    Buffer.from(hash, "hex"),
+  );
+}
+
+/** The value of cookie `name` in a Cookie header, if any. */
+function cookieValue(header: string | null, name: string) {
+  for (const part of (header ?? "").split(";")) {
+    const eq = part.indexOf("=");
+    if (eq > 0 && part.slice(0, eq).trim() === name) {
+      return part.slice(eq + 1).trim();
+    }
+  }
+  return undefined;
+}
+
+/** The Cookie header without cookie `name` (the app never sees it). */
+function withoutCookie(header: string, name: string): string {
+  return header.split(";").filter((part) => {
+    const eq = part.indexOf("=");
+    return eq <= 0 || part.slice(0, eq).trim() !== name;
+  }).map((part) => part.trim()).join("; ");
+}
 
 function text(body: string, status: number): Response {
   return new Response(body + "\n", {
@@ -97,6 +137,9 @@ export class Gateway {
   readonly #shells = new Map<string, RegisteredShell>();
   readonly #routes = new Map<string, { route: GrainRoute; at: number }>();
   readonly #workerSessions = new WorkerSessions();
+  /** Session keys already exchanged for a cookie here, with when their
+   * session ends: a key works once per gateway. */
+  readonly #usedKeys = new Map<string, number>();
   #next = 0;
   #lastList = "";
 
@@ -251,6 +294,7 @@ export class Gateway {
         userId: found.userId,
         userName: found.userName,
         permissions: [...found.permissions],
+        sessionKeyHash: found.sessionKeyHash,
       };
       if (this.#routes.size > 10_000) this.#routes.clear();
       this.#routes.set(label, { route, at: now });
@@ -259,7 +303,56 @@ export class Gateway {
     throw new Error("no shell answered the route lookup");
   }
 
-  async #toGrain(request: Request, label: string): Promise<Response> {
+  get #grainCookie(): { name: string; secure: boolean } {
+    const secure = this.#options.shellOrigin.startsWith("https:");
+    return {
+      name: secure ? "__Host-blackrock-grain" : "blackrock-grain",
+      secure,
+    };
+  }
+
+  /** Exchanges a session key from the frame's first URL for a host-only
+   * cookie, once, and sends the frame on to the app's root. */
+  #openSession(request: Request, route: GrainRoute): Response {
+    const key = new URL(request.url).searchParams.get("token") ?? undefined;
+    const now = Date.now();
+    for (const [hash, expiresAt] of this.#usedKeys) {
+      if (expiresAt < now) this.#usedKeys.delete(hash);
+    }
+    if (
+      !keyMatches(key, route.sessionKeyHash) ||
+      this.#usedKeys.has(route.sessionKeyHash)
+    ) {
+      return text(
+        "This grain link was already used or is not valid. Open the grain again from Blackrock.",
+        403,
+      );
+    }
+    this.#usedKeys.set(route.sessionKeyHash, route.expiresAt);
+    const { name, secure } = this.#grainCookie;
+    const maxAgeSeconds = Math.max(
+      0,
+      Math.floor((route.expiresAt - now) / 1000),
+    );
+    return new Response(null, {
+      status: 303,
+      headers: {
+        location: "/",
+        "cache-control": "no-store",
+        "referrer-policy": "no-referrer",
+        // The frame is a cross-site context (a grain hostname is a site of
+        // its own), where a Lax cookie is neither set nor sent. None with
+        // Partitioned keys the cookie to the shell's top-level site, so it
+        // works only inside the shell's frame and survives third-party
+        // cookie blocking. No Domain: the cookie stays on this hostname.
+        "set-cookie":
+          `${name}=${key}; Path=/; HttpOnly; Max-Age=${maxAgeSeconds}; ` +
+          (secure ? "Secure; SameSite=None; Partitioned" : "SameSite=Lax"),
+      },
+    });
+  }
+
+  async #toGrain(incoming: Request, label: string): Promise<Response> {
     const route = await this.#route(label);
     if (route === undefined) {
       return text(
@@ -267,6 +360,28 @@ export class Gateway {
         404,
       );
     }
+    if (new URL(incoming.url).pathname === SESSION_PATH) {
+      return this.#openSession(incoming, route);
+    }
+    const { name } = this.#grainCookie;
+    const cookies = incoming.headers.get("cookie");
+    if (!keyMatches(cookieValue(cookies, name), route.sessionKeyHash)) {
+      return text(
+        "This grain session belongs to another browser. Open the grain from Blackrock.",
+        403,
+      );
+    }
+    const headers = new Headers(incoming.headers);
+    const rest = withoutCookie(cookies ?? "", name);
+    if (rest === "") headers.delete("cookie");
+    else headers.set("cookie", rest);
+    // A WebSocket upgrade needs the very request the server received, so
+    // it keeps its headers; every other request reaches the app without
+    // the grain cookie.
+    const upgrade = incoming.headers.get("upgrade")?.toLowerCase();
+    const request = upgrade === "websocket"
+      ? incoming
+      : new Request(incoming, { headers });
     if (!route.canWrite && !READ_METHODS.has(request.method)) {
       return text("This link only lets you view this grain.", 403);
     }

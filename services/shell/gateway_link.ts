@@ -65,6 +65,7 @@ export function serveShell(
       out.expiresAtMs = BigInt(route.expiresAt);
       out.userId = route.userId;
       out.userName = route.userName;
+      out.sessionKeyHash = route.sessionKeyHash;
       const flags = out._initPermissions(route.permissions.length);
       route.permissions.forEach((flag, i) => flags.set(i, flag));
     },

@@ -95,6 +95,7 @@ Deno.test("a shell registers, answers route lookups, calls in again after a lost
     userId: "u1",
     userName: "Ann",
     permissions: [false, true],
+    sessionKeyHash: "ab".repeat(32),
   };
   const link = new GatewayLink({
     address: { hostname: "127.0.0.1", port: gateway.port },
@@ -120,6 +121,7 @@ Deno.test("a shell registers, answers route lookups, calls in again after a lost
     assert.equal(answer.route.canWrite, false);
     assert.equal(answer.route.expiresAtMs, BigInt(route.expiresAt));
     assert.deepEqual([...answer.route.permissions], [false, true]);
+    assert.equal(answer.route.sessionKeyHash, route.sessionKeyHash);
     const missing = await registered.shell.route((p) => p.hostLabel = "zz")
       .promise();
     assert.equal(missing.found, false);

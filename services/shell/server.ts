@@ -312,8 +312,11 @@ export function createShellHandler(options: ShellOptions) {
     await learnRoles(grain);
     const now = Date.now();
     const hostLabel = randomHostLabel();
+    // The key reaches the browser once, in the frame's first URL; only its
+    // hash is stored, and the gateway checks the cookie against it.
+    const sessionKey = randomToken(24);
     await repo.createGrainSession({
-      id: randomToken(12),
+      id: sha256(sessionKey),
       grainId: grain.id,
       userId,
       hostLabel,
@@ -333,7 +336,8 @@ export function createShellHandler(options: ShellOptions) {
       user: userId,
       canWrite: access.role.canWrite,
     });
-    return `${scheme}://${hostLabel}.${options.grainHostSuffix}/`;
+    return `${scheme}://${hostLabel}.${options.grainHostSuffix}` +
+      `/_blackrock/session?token=${sessionKey}`;
   }
 
   async function refreshSizes(grains: Grain[]) {
@@ -840,6 +844,8 @@ export interface SessionRoute {
   userName: string;
   /** The app's permission flags for this session. */
   permissions: boolean[];
+  /** Hex SHA-256 of the session key the browser's cookie must carry. */
+  sessionKeyHash: string;
 }
 
 /** The route of the live grain session whose hostname starts with
@@ -863,6 +869,7 @@ export async function lookupRoute(
     expiresAt: session.expiresAt,
     userId: session.userId ?? "",
     userName: user?.displayName ?? "Anonymous",
+    sessionKeyHash: session.id,
   };
 }
 

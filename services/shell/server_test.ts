@@ -3,6 +3,7 @@
 // reach directly (CSRF, cross-origin posts, route lookups, cookie flags,
 // quotas).
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as rpc from "../rpc/mod.ts";
 import { Logger } from "../runtime/log.ts";
 import { Shell } from "../../proto/gen/gateway.ts";
@@ -199,9 +200,9 @@ Deno.test("route lookups over RPC name a live session's backend and rights", asy
     const page = await (await world.call(grainPath, {
       headers: { cookie: session },
     })).text();
-    const host = /src="https:\/\/([0-9a-v]{26})\.shell\.test:8443\/"/.exec(
-      page,
-    );
+    const host =
+      /src="https:\/\/([0-9a-v]{26})\.shell\.test:8443\/_blackrock\/session\?token=([\w-]{32})"/
+        .exec(page);
     assert.ok(host, "the grain frame is on a random hostname");
     assert.equal(world.runner.opened.length, 1);
 
@@ -218,6 +219,11 @@ Deno.test("route lookups over RPC name a live session's backend and rights", asy
       assert.equal(answer.route.backend, "http://127.0.0.1:9/backend");
       assert.equal(answer.route.canWrite, true);
       assert.equal(answer.route.userName, "Alice");
+      assert.equal(
+        answer.route.sessionKeyHash,
+        createHash("sha256").update(host[2]).digest("hex"),
+        "the gateway learns only the hash of the frame's session key",
+      );
       assert.ok(Number(answer.route.expiresAtMs) > Date.now());
       const unknown = await shell.route((p) => p.hostLabel = "a".repeat(26))
         .promise();

@@ -194,20 +194,33 @@ Deno.test({
         const csrf = /name="csrf"\s+value="([^"]+)"/.exec(home)![1];
         return { cookie, csrf };
       };
-      /** Opens a grain page and returns its frame's host label. */
+      /** Opens a grain page and returns its frame's host label, with the
+       * grain cookie the frame's first URL is exchanged for. */
       const open = async (path: string, cookie: string) => {
         const page = await (await call(path, { headers: { cookie } })).text();
-        const m = /src="https:\/\/([0-9a-v]{26})\.shell\.test:8443\/"/.exec(
-          page,
-        );
+        const m =
+          /src="https:\/\/([0-9a-v]{26})\.shell\.test:8443(\/_blackrock\/session\?token=[\w-]+)"/
+            .exec(page);
         assert.ok(m, page);
-        return { label: m[1], page };
+        const exchanged = await gateway.handle(
+          new Request(`http://gateway${m[2]}`, {
+            headers: { host: `${m[1]}.${host}` },
+          }),
+        );
+        assert.equal(exchanged.status, 303);
+        const grainCookie = exchanged.headers.get("set-cookie")!.split(";")[0];
+        return { label: m[1], page, grainCookie };
       };
       /** A page of the grain through the gateway, as the browser asks. */
-      const grainPage = async (label: string) => {
+      const grainPage = async (
+        session: { label: string; grainCookie: string },
+      ) => {
         const response = await gateway.handle(
           new Request("http://gateway/", {
-            headers: { host: `${label}.${host}` },
+            headers: {
+              host: `${session.label}.${host}`,
+              cookie: session.grainCookie,
+            },
           }),
         );
         return await response.text();
@@ -239,7 +252,7 @@ Deno.test({
 
       // The first opening asks the app for its roles.
       const owner = await open(grainPath, alice.cookie);
-      assert.equal(await grainPage(owner.label), "[true,true]");
+      assert.equal(await grainPage(owner), "[true,true]");
       const again = await open(grainPath, alice.cookie);
       assert.match(again.page, /<option value="0">editor<\/option>/);
       assert.match(again.page, /<option value="1">commenter<\/option>/);
@@ -257,7 +270,7 @@ Deno.test({
       });
       assert.equal(claimed.headers.get("location"), grainPath);
       const bobSession = await open(grainPath, bob.cookie);
-      assert.equal(await grainPage(bobSession.label), "[false,true]");
+      assert.equal(await grainPage(bobSession), "[false,true]");
       assert.deepEqual(worker.sessions.at(-1), [false, true]);
       // A commenter's writes are the app's to refuse: the gateway lets
       // them through for app-declared roles.
@@ -265,7 +278,10 @@ Deno.test({
         new Request("http://gateway/x", {
           method: "POST",
           body: "hi",
-          headers: { host: `${bobSession.label}.${host}` },
+          headers: {
+            host: `${bobSession.label}.${host}`,
+            cookie: bobSession.grainCookie,
+          },
         }),
       );
       assert.notEqual(post.status, 403);

@@ -133,8 +133,17 @@ async function main(args: string[]) {
       const notice = /role="alert">([^<]*)</.exec(page.body)?.[1]?.trim();
       throw new Error(`the grain page has no frame: ${notice}`);
     }
+    // The frame's first URL trades the session key for the grain cookie,
+    // as a browser's iframe does; later requests carry the cookie.
     const url = new URL(src.replaceAll("&amp;", "&"));
-    return { host: url.host, path: url.pathname + url.search };
+    const exchanged = await gatewayRequest(
+      await gatewayAddress(directoryFile),
+      url.host,
+      { path: url.pathname + url.search },
+    );
+    expect(exchanged, 303, "grain session cookie");
+    const grainCookie = String(exchanged.headers["set-cookie"]).split(";")[0];
+    return { host: url.host, path: "/", cookie: grainCookie };
   };
   let session = await open();
   const out = await Deno.open(outFile, { append: true, create: true });
@@ -158,7 +167,11 @@ async function main(args: string[]) {
       const response = await gatewayRequest(
         await gatewayAddress(directoryFile),
         session.host,
-        { path: session.path, timeoutMs: 5_000 },
+        {
+          path: session.path,
+          headers: { cookie: session.cookie },
+          timeoutMs: 5_000,
+        },
       );
       const ok = response.status === 200;
       await record({ ok, status: response.status });
