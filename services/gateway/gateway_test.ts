@@ -15,7 +15,12 @@ import {
 } from "../../proto/gen/gateway.ts";
 import { gatewayLogin, listenControl } from "./control.ts";
 import { ensureCertificate, NginxProcess, renderNginxConf } from "./nginx.ts";
-import { Gateway, type GrainRoute, ShellRegistrationError } from "./proxy.ts";
+import {
+  Gateway,
+  type GrainRoute,
+  limitBody,
+  ShellRegistrationError,
+} from "./proxy.ts";
 
 const TOKEN = "test-token-0123456789";
 const quiet = new Logger({ role: "gateway", level: "error" });
@@ -526,4 +531,38 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("bodies relayed to grains on workers stop at the limit", async () => {
+  let pulledBytes = 0;
+  const chunk = new Uint8Array(64 * 1024);
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulledBytes += chunk.length;
+      if (pulledBytes > 64 << 20) controller.close();
+      else controller.enqueue(chunk);
+    },
+  });
+  const request = new Request("http://grain/upload", {
+    method: "POST",
+    body,
+    // @ts-ignore: Deno's Request accepts half-duplex streaming bodies.
+    duplex: "half",
+  });
+  const limited = limitBody(request, 1 << 20)!;
+  await assert.rejects(limited.request.arrayBuffer());
+  assert.ok(limited.exceeded());
+  assert.ok(pulledBytes < 4 << 20, `read ${pulledBytes} bytes`);
+  const declared = new Request("http://grain/upload", {
+    method: "POST",
+    headers: { "content-length": "100" },
+    body: "x".repeat(100),
+  });
+  assert.equal(limitBody(declared, 10), undefined);
+  const small = limitBody(
+    new Request("http://grain/", { method: "POST", body: "hello" }),
+    10,
+  )!;
+  assert.equal(await small.request.text(), "hello");
+  assert.ok(!small.exceeded());
 });

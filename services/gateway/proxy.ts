@@ -46,6 +46,11 @@ export interface GatewayOptions {
   /** A shell not heard from for this long is dropped. */
   shellTimeoutMs?: number;
   routeCacheMs?: number;
+  /** Largest request body relayed to a grain on a worker. The relay holds
+   * a body whole in memory (WebSession requests carry it as one value),
+   * so this bounds what one request can make the gateway allocate.
+   * Default 128 MiB. */
+  maxGrainBodyBytes?: number;
   /** Called when the set of live shells changes. */
   onShellsChanged?: (addresses: string[]) => void;
   /** What the status call reports about this process, beside the
@@ -398,9 +403,31 @@ export class Gateway {
           request,
         );
       }
-      return this.#framedBy(
-        await this.#workerSessions.fetch(label, route, baseUrl, request),
-      );
+      const limitBytes = this.#options.maxGrainBodyBytes ?? 128 << 20;
+      const limited = limitBody(request, limitBytes);
+      if (limited === undefined) {
+        await request.body?.cancel().catch(() => {});
+        return text(
+          `Request bodies to grains are limited to ${limitBytes} bytes.`,
+          413,
+        );
+      }
+      try {
+        return this.#framedBy(
+          await this.#workerSessions.fetch(
+            label,
+            route,
+            baseUrl,
+            limited.request,
+          ),
+        );
+      } catch (error) {
+        if (!limited.exceeded()) throw error;
+        return text(
+          `Request bodies to grains are limited to ${limitBytes} bytes.`,
+          413,
+        );
+      }
     }
     const target = `${
       route.backend.replace(/\/$/, "")
@@ -439,6 +466,45 @@ export class Gateway {
     for (const id of [...this.#shells.keys()]) this.#drop(id);
     this.#workerSessions.close();
   }
+}
+
+/**
+ * `request` with a body that fails as soon as it passes `limitBytes`
+ * (`exceeded` then says why reading it failed), or undefined when its
+ * declared length is already past the limit.
+ */
+export function limitBody(
+  request: Request,
+  limitBytes: number,
+): { request: Request; exceeded: () => boolean } | undefined {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > limitBytes) return undefined;
+  let exceeded = false;
+  if (request.body === null) return { request, exceeded: () => exceeded };
+  let sizeBytes = 0;
+  const counted = request.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        sizeBytes += chunk.length;
+        if (sizeBytes > limitBytes) {
+          exceeded = true;
+          controller.error(
+            new RangeError(`request body passed ${limitBytes} bytes`),
+          );
+          return;
+        }
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+  return {
+    request: new Request(request, {
+      body: counted,
+      // @ts-ignore: Deno's Request accepts half-duplex streaming bodies.
+      duplex: "half",
+    }),
+    exceeded: () => exceeded,
+  };
 }
 
 /** Sends `request` to `target` and returns the answer unchanged except
