@@ -499,6 +499,10 @@ export class Agent {
     return {
       name: role,
       pidFile: `${roleDir}/pid`,
+      // Printed messages (the shell's first admin password) stay in the
+      // role's folder, for root alone: `deno task cluster:status
+      // --admin-password` reads them there.
+      stdoutFile: `${roleDir}/output`,
       command: roleCommand({
         deno: this.#options.deno ?? Deno.execPath(),
         entry: definition.entry,

@@ -21,6 +21,11 @@ export interface ProcessSpec {
   /** Where the running process's pid is written, so that a supervisor
    * that died without stopping it can find it at its next start. */
   pidFile?: string;
+  /** Where the process's standard output is appended (created 0600), when
+   * the supervisor's output is "inherit". Roles log on standard error; what
+   * they print on standard output is meant for the operator alone (the
+   * shell's first admin password) and must stay out of shared logs. */
+  stdoutFile?: string;
 }
 
 /** Restart delays: `initialMs`, doubling per crash up to `maxMs`, back to
@@ -69,8 +74,14 @@ const DEFAULT_BACKOFF: BackoffOptions = {
 };
 
 function sameSpec(a: ProcessSpec, b: ProcessSpec): boolean {
-  return JSON.stringify([a.command, a.env ?? {}, a.cwd ?? null]) ===
-    JSON.stringify([b.command, b.env ?? {}, b.cwd ?? null]);
+  const key = (spec: ProcessSpec) =>
+    JSON.stringify([
+      spec.command,
+      spec.env ?? {},
+      spec.cwd ?? null,
+      spec.stdoutFile ?? null,
+    ]);
+  return key(a) === key(b);
 }
 
 /**
@@ -214,19 +225,45 @@ export class Supervisor {
     this.#processes.set(spec.name, supervised);
     supervised.timer = undefined;
     let child: Deno.ChildProcess;
+    let stdoutFile: Deno.FsFile | undefined;
+    const toFile = this.#output === "inherit" && spec.stdoutFile !== undefined;
     try {
+      if (toFile) {
+        stdoutFile = Deno.openSync(spec.stdoutFile!, {
+          write: true,
+          append: true,
+          create: true,
+          mode: 0o600,
+        });
+        // An older file may have been made with a wider mode.
+        Deno.chmodSync(spec.stdoutFile!, 0o600);
+      }
       child = new Deno.Command(spec.command[0], {
         args: spec.command.slice(1),
         env: spec.env,
         cwd: spec.cwd,
         stdin: "null",
-        stdout: this.#output,
+        stdout: toFile ? "piped" : this.#output,
         stderr: this.#output,
       }).spawn();
     } catch (error) {
+      stdoutFile?.close();
       this.#log.error("role-spawn-failed", { process: spec.name, error });
       this.#scheduleRestart(supervised);
       return;
+    }
+    if (stdoutFile !== undefined) {
+      const file = stdoutFile;
+      (async () => {
+        for await (const chunk of child.stdout) {
+          let written = 0;
+          while (written < chunk.length) {
+            written += file.writeSync(chunk.subarray(written));
+          }
+        }
+      })().catch((error) => {
+        this.#log.error("role-output-failed", { process: spec.name, error });
+      }).finally(() => file.close());
     }
     supervised.child = child;
     supervised.startedMs = performance.now();

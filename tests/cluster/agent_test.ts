@@ -586,3 +586,39 @@ Deno.test("a role that exits on invalid configuration stays failed until new set
     assert.equal(agent.report().roles[0].process?.state, "running");
   });
 });
+
+Deno.test("what a role prints goes to a 0600 file in its folder, not to the agent's output", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "agent-output-test-" });
+  const script = new URL("./testdata/agent_process.ts", import.meta.url);
+  const secret = `password-${crypto.randomUUID()}`;
+  const agent = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", script.pathname, `${dir}/machine`, secret],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const outputFile = `${dir}/machine/roles/worker/output`;
+  try {
+    await waitUntil("the role's printed line reaches its file", async () => {
+      try {
+        return (await Deno.readTextFile(outputFile)).includes(secret)
+          ? true
+          : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+    assert.equal((await Deno.stat(outputFile)).mode! & 0o777, 0o600);
+  } finally {
+    // The role holds the agent's standard error: it goes first.
+    for (const s of await starts(`${dir}/machine`, "worker")) {
+      if (alive(s.pid)) Deno.kill(s.pid, "SIGKILL");
+    }
+    agent.kill("SIGKILL");
+    const output = await agent.output();
+    const seen = new TextDecoder().decode(output.stdout) +
+      new TextDecoder().decode(output.stderr);
+    await Deno.remove(dir, { recursive: true });
+    assert.match(seen, /ready/, "the agent's own output is captured");
+    assert.ok(!seen.includes(secret), "the printed secret is in the log");
+  }
+});

@@ -1,6 +1,7 @@
 // A role for agent tests: it records its pid and what its sandbox let it
 // do in its role folder, then serves until stopped. `crash=true` makes it
-// exit with status 3 right after starting.
+// exit with status 3 right after starting; `print=TEXT` prints TEXT on
+// standard output once started (as the shell prints its admin password).
 import { z } from "zod";
 import { runService } from "../../../services/runtime/service.ts";
 
@@ -13,6 +14,7 @@ await runService({
     forbiddenFile: z.string().optional(),
     crash: z.boolean().default(false),
     color: z.string().default("none"),
+    print: z.string().optional(),
   }),
   async start(config) {
     let forbiddenReadable = false;
@@ -34,6 +36,7 @@ await runService({
       `${config.roleDir}/started-${Deno.pid}.json`,
       JSON.stringify(record),
     );
+    if (config.print !== undefined) console.log(config.print);
     if (config.crash) Deno.exit(3);
     return { stop: () => Promise.resolve() };
   },
