@@ -457,6 +457,8 @@ if (import.meta.main) {
       `cluster of ${machines} machines up (master ${cluster.state.masterAddress}); ` +
         `state in ${dir}\n` +
         `  deno task cluster:status    show machines, roles and grains\n` +
+        `  deno task cluster:status --admin-password\n` +
+        `                              the first admin's password\n` +
         `  deno task cluster add       boot a spare machine\n` +
         `  deno task cluster remove mN drain and remove a machine\n` +
         `Ctrl-C stops the cluster.`,
@@ -520,7 +522,21 @@ if (import.meta.main) {
       ]);
       Deno.exit(0);
     } else {
-      const name = rest[0];
+      const name = rest.find((arg, i) =>
+        !arg.startsWith("--") && rest[i - 1] !== "--dir"
+      );
+      const known = state.active.map((index) => `m${index}`);
+      if (name === undefined || !known.includes(name)) {
+        console.error(
+          (name === undefined
+            ? "cluster remove: which machine?"
+            : `cluster remove: machine ${JSON.stringify(name)} is not in ` +
+              `the cluster`) +
+            ` (its machines: ${known.join(", ") || "none"})\n` +
+            "usage: deno task cluster remove NAME [--dir DIR]",
+        );
+        Deno.exit(2);
+      }
       await runInside(state, `${root}/tasks/cluster_status.ts`, [
         "--dir",
         dir,

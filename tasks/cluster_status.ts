@@ -6,7 +6,12 @@
  *
  * ```sh
  * deno task cluster:status [--dir DIR]
+ * deno task cluster:status --admin-password   # the first admin's password
  * ```
+ *
+ * The shell prints the first admin's password once, on its standard
+ * output, which the machine agent keeps in a 0600 file in the role's
+ * folder (never in the agent's log); `--admin-password` reads it there.
  *
  * @module
  */
@@ -34,6 +39,39 @@ async function connect(address: string): Promise<rpc.RpcConnection> {
   return new rpc.RpcConnection(await rpc.connectTcp(hostPort(address)));
 }
 
+/** The first-admin lines the shells printed, from the files the agents
+ * keep their roles' output in. */
+async function adminPasswordLines(
+  dir: string,
+  machines: number,
+): Promise<string[]> {
+  const lines: string[] = [];
+  for (let index = 1; index <= machines; index++) {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(`${dir}/m${index}/roles/shell/output`);
+    } catch {
+      continue;
+    }
+    lines.push(
+      ...text.split("\n").filter((line) =>
+        line.includes("admin account created")
+      ),
+    );
+  }
+  return lines;
+}
+
+/** A mistake in the command line: one clear line, status 2. */
+function usageError(message: string): never {
+  console.error(
+    `cluster: ${message}\n` +
+      "usage: deno task cluster:status [--dir DIR] " +
+      "[--add NAME HOST:PORT | --remove NAME]",
+  );
+  Deno.exit(2);
+}
+
 async function inside(args: string[], masterAddress: string): Promise<void> {
   const connection = await connect(masterAddress);
   const master = rpc.bootstrap(connection, Master);
@@ -48,10 +86,24 @@ async function inside(args: string[], masterAddress: string): Promise<void> {
     }
     const remove = args.indexOf("--remove");
     if (remove >= 0) {
-      await master.removeMachine((p) => {
-        p.name = args[remove + 1];
-      }).promise();
-      console.log(`removed ${args[remove + 1]}`);
+      const name = args[remove + 1];
+      if (name === undefined || name.startsWith("--")) {
+        usageError("--remove needs a machine name");
+      }
+      try {
+        await master.removeMachine((p) => {
+          p.name = name;
+        }).promise();
+      } catch (error) {
+        // The master refuses an unknown machine with a RangeError, which
+        // arrives as the RPC exception's message.
+        usageError(
+          `cannot remove ${JSON.stringify(name)}: ${
+            error instanceof Error ? error.message : String(error)
+          }`,
+        );
+      }
+      console.log(`removed ${name}`);
     }
     const status = await master.status().promise();
     const workerMachine = new Map<string, string>();
@@ -118,7 +170,17 @@ if (import.meta.main) {
     ? args[at + 1]
     : new URL("../.data/cluster", import.meta.url).pathname;
   const state = await readState(dir);
-  if (args.includes("--inside")) {
+  if (args.includes("--admin-password")) {
+    const lines = await adminPasswordLines(state.dir, state.addresses.length);
+    if (lines.length === 0) {
+      console.error(
+        "no shell has printed an admin password yet (it does so once, when " +
+          "the cluster's first shell starts with no users)",
+      );
+      Deno.exit(1);
+    }
+    console.log(lines.join("\n"));
+  } else if (args.includes("--inside")) {
     await inside(args, state.masterAddress);
   } else {
     await runInside(state, new URL(import.meta.url).pathname, [

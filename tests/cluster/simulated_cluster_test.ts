@@ -12,7 +12,7 @@ import { startSimulatedCluster } from "../../tasks/cluster.ts";
 import { eventually } from "./harness.ts";
 import { buildTestApps } from "../apps/build.ts";
 import { PUBLIC_HOST } from "../../tasks/cluster.ts";
-import type { ServerProcess } from "../fixtures/process.ts";
+import { CommandError, type ServerProcess } from "../fixtures/process.ts";
 
 const statusTool = new URL("../../tasks/cluster_status.ts", import.meta.url)
   .pathname;
@@ -198,17 +198,41 @@ Deno.test({
           await retried("the shell answers", "web", directoryFile, "/login"),
           200,
         );
+
+        // The first admin's password is shown by the status tool, from the
+        // shell's 0600 output file, and is in no agent's log.
+        const shown = await eventually(
+          "the admin password is shown",
+          () =>
+            new Deno.Command(Deno.execPath(), {
+              args: ["run", "-A", statusTool, "--dir", dir, "--admin-password"],
+              stdout: "piped",
+              stderr: "null",
+            }).output().then((output) => {
+              const text = new TextDecoder().decode(output.stdout);
+              return output.success ? text : undefined;
+            }),
+        );
+        const password = /Password: (\S+)/.exec(shown)?.[1];
+        assert.ok(password, shown);
+        for (let m = 1; m <= 5; m++) {
+          const log = await Deno.readTextFile(`${dir}/agent-m${m}.log`);
+          assert.ok(!log.includes(password), `the password is in m${m}'s log`);
+        }
+        const outputFile = `${dir}/m2/roles/shell/output`;
+        assert.equal((await Deno.stat(outputFile)).mode! & 0o777, 0o600);
       });
 
-      // The user signs in with the admin password the shell printed (into
-      // m2's agent log) and keeps using one grain until told to stop.
+      // The user signs in with the admin password the shell printed (kept
+      // by m2's agent in the shell's output file, as the status tool reads
+      // it) and keeps using one grain until told to stop.
       const userOut = `${dir}/web-user.jsonl`;
       const userStop = `${dir}/web-user.stop`;
       const password = await eventually(
         "the shell made its admin",
         async () =>
           /Password: (\S+)/.exec(
-            await Deno.readTextFile(`${dir}/agent-m2.log`),
+            await Deno.readTextFile(`${dir}/m2/roles/shell/output`),
           )?.[1],
       );
       const user: ServerProcess = cluster.network.spawn(1, {
@@ -470,6 +494,16 @@ Deno.test({
           assert.match(output, /removed m6/);
           assert.doesNotMatch(output, /^m6 /m);
           assert.deepEqual(await rolesOf(dir, 6), []);
+          // Removing it again: the master no longer knows it, and the tool
+          // says so in one line with status 2.
+          const again = await tool("--remove", "m6").then(
+            () => undefined,
+            (error) => error,
+          );
+          assert.ok(again instanceof CommandError, "a second removal fails");
+          assert.equal(again.code, 2);
+          assert.match(again.output, /cannot remove "m6".*not in the cluster/);
+          assert.doesNotMatch(again.output, /\n\s+at /, "no stack trace");
           // Right after the removal, without waiting: every grain answers,
           // and none from m6.
           const coordinator = await coordinatorOn("m1");
