@@ -147,31 +147,13 @@ export function listenCapability(
   address: rpc.TcpAddress,
   log: Logger,
 ): CapabilityListener {
-  const listener = rpc.listenTcp(address);
-  const connections = new Set<rpc.RpcConnection>();
-  let closed = false;
-  (async () => {
-    while (!closed) {
-      let transport: rpc.MessageConnection;
-      try {
-        transport = await listener.accept();
-      } catch (error) {
-        if (!closed) log.error("accept-failed", { error });
-        return;
-      }
-      const connection = new rpc.RpcConnection(transport, {
-        bootstrap: cap.addRef(),
-      });
-      connections.add(connection);
-      connection.closed.then(() => connections.delete(connection));
-    }
-  })();
+  const server = rpc.serveTcp(cap, address, {
+    onAcceptError: (error) => log.error("accept-failed", { error }),
+  });
   return {
-    port: listener.port,
+    port: server.port,
     close() {
-      closed = true;
-      listener.close();
-      for (const connection of connections) connection.close();
+      server.close();
       cap.close();
     },
   };

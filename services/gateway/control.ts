@@ -92,33 +92,8 @@ export function listenControl(
   address: { hostname: string; port: number },
   log: Logger,
 ): { port: number; close(): void } {
-  const listener = rpc.listenTcp(address);
-  const connections = new Set<rpc.RpcConnection>();
-  let open = true;
-  (async () => {
-    while (open) {
-      let transport;
-      try {
-        transport = await listener.accept();
-      } catch {
-        return;
-      }
-      const connection = new rpc.RpcConnection(transport, {
-        bootstrap: login,
-      });
-      connections.add(connection);
-      connection.closed.then((reason) => {
-        connections.delete(connection);
-        log.debug("control-connection-closed", { reason: reason.message });
-      });
-    }
-  })();
-  return {
-    port: listener.port,
-    close() {
-      open = false;
-      listener.close();
-      for (const connection of connections) connection.close();
-    },
-  };
+  return rpc.serveTcp(login, address, {
+    onConnectionClosed: (reason) =>
+      log.debug("control-connection-closed", { reason: reason.message }),
+  });
 }

@@ -124,24 +124,10 @@ if (import.meta.main) {
       };
       await save();
       const cap = masterCapability(master, save);
-      const listener = rpc.listenTcp(config.listen);
-      log.info("listening", { ...config.listen, port: listener.port });
-      let closed = false;
-      const connections = new Set<rpc.RpcConnection>();
-      (async () => {
-        while (!closed) {
-          try {
-            const connection = new rpc.RpcConnection(await listener.accept(), {
-              bootstrap: cap.addRef(),
-            });
-            connections.add(connection);
-            connection.closed.then(() => connections.delete(connection));
-          } catch (error) {
-            if (!closed) log.error("accept-failed", { error });
-            return;
-          }
-        }
-      })();
+      const server = rpc.serveTcp(cap, config.listen, {
+        onAcceptError: (error) => log.error("accept-failed", { error }),
+      });
+      log.info("listening", { ...config.listen, port: server.port });
 
       let round = Promise.resolve();
       const timer = setInterval(() => {
@@ -157,9 +143,7 @@ if (import.meta.main) {
         async stop() {
           clearInterval(timer);
           await round;
-          closed = true;
-          listener.close();
-          for (const connection of connections) connection.close();
+          server.close();
           cap.close();
           link.close();
         },

@@ -149,6 +149,11 @@ export {
 } from "./stream.ts";
 export { LIBC_CANDIDATES, libcPath, openFd } from "./fd_stream.ts";
 export {
+  serveTcp,
+  type ServeTcpOptions,
+  type TcpCapabilityServer,
+} from "./serve_tcp.ts";
+export {
   type MessageConnection,
   TransportClosedError,
   type VatNetwork,

@@ -253,31 +253,8 @@ export function listenWorker(
   address: { hostname: string; port: number },
   log: Logger,
 ): { port: number; close(): void } {
-  const listener = rpc.listenTcp(address);
-  const connections = new Set<rpc.RpcConnection>();
-  let open = true;
-  (async () => {
-    while (open) {
-      let transport;
-      try {
-        transport = await listener.accept();
-      } catch {
-        return;
-      }
-      const connection = new rpc.RpcConnection(transport, { bootstrap: cap });
-      connections.add(connection);
-      connection.closed.then((reason) => {
-        connections.delete(connection);
-        log.debug("connection-closed", { reason: reason.message });
-      });
-    }
-  })();
-  return {
-    port: listener.port,
-    close() {
-      open = false;
-      listener.close();
-      for (const connection of connections) connection.close();
-    },
-  };
+  return rpc.serveTcp(cap, address, {
+    onConnectionClosed: (reason) =>
+      log.debug("connection-closed", { reason: reason.message }),
+  });
 }
